@@ -1,0 +1,94 @@
+//! Command-line parsing: space-separated words; the first word that is a mode
+//! selects it (no mode word: hello); `seed=S` and `ops=N` are options that may
+//! appear anywhere (first occurrence wins); every other word is ignored.
+//! Numbers are decimal u64; a word whose number does not parse (or, for
+//! `exit=`, exceeds 255) is not a mode word and is ignored like any unknown word.
+
+#[derive(Clone, Copy)]
+pub enum Mode {
+    Hello,
+    Exit(u8),
+    Echo,
+    Flood(u64),
+    Fault,
+    Spin,
+    Halt,
+    PageTable,
+    Com2,
+    Chaos(u64),
+}
+
+pub struct Args {
+    pub mode: Mode,
+    /// `seed=S` for flood (default 0).
+    pub seed: u64,
+    /// `ops=N` for chaos (default 400).
+    pub ops: u64,
+}
+
+pub const DEFAULT_CHAOS_OPS: u64 = 400;
+
+/// Parse a non-empty all-digits decimal number that fits in a u64.
+fn dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+    }
+    Some(v)
+}
+
+/// `key=<decimal>` → the number.
+fn kv(word: &[u8], key: &[u8]) -> Option<u64> {
+    word.strip_prefix(key)?.strip_prefix(b"=").and_then(dec)
+}
+
+fn mode_of(word: &[u8]) -> Option<Mode> {
+    Some(match word {
+        b"hello" => Mode::Hello,
+        b"echo" => Mode::Echo,
+        b"fault" => Mode::Fault,
+        b"spin" => Mode::Spin,
+        b"halt" => Mode::Halt,
+        b"pagetable" => Mode::PageTable,
+        b"com2" => Mode::Com2,
+        _ => {
+            if let Some(n) = kv(word, b"exit") {
+                Mode::Exit(u8::try_from(n).ok()?)
+            } else if let Some(n) = kv(word, b"flood") {
+                Mode::Flood(n)
+            } else if let Some(n) = kv(word, b"chaos") {
+                Mode::Chaos(n)
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+pub fn parse(cmdline: &[u8]) -> Args {
+    let mut mode = None;
+    let mut seed = None;
+    let mut ops = None;
+    for word in cmdline.split(|&c| c == b' ').filter(|w| !w.is_empty()) {
+        if mode.is_none() {
+            mode = mode_of(word);
+        }
+        if seed.is_none() {
+            seed = kv(word, b"seed");
+        }
+        if ops.is_none() {
+            ops = kv(word, b"ops");
+        }
+    }
+    Args {
+        mode: mode.unwrap_or(Mode::Hello),
+        seed: seed.unwrap_or(0),
+        ops: ops.unwrap_or(DEFAULT_CHAOS_OPS),
+    }
+}

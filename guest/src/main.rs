@@ -1,0 +1,168 @@
+//! kvmini tiny guest.
+//!
+//! A freestanding x86_64 kernel (no std, no libc, no interrupts) that kvmini
+//! embeds as its default kernel and its tests boot in every mode below. It is
+//! built by ../../build.rs with the host's stock rustc (no extra target) into
+//! an ELF64 ET_EXEC loaded at 0x100000, bootable two ways (see boot.S):
+//! the Linux 64-bit boot protocol (rsi = boot_params) and PVH (32-bit entry
+//! from a Xen ELF note, ebx = hvm_start_info), e.g. `qemu -M microvm -kernel`.
+//!
+//! Modes (first mode word on the command line wins; default `hello`):
+//!   hello       "kvmini tiny guest\nmemory: <M> MiB\ncmdline: <cmdline>\n", exit 0
+//!               (M = RAM entries summed, rounded up to MiB; one `rep outsb`)
+//!   exit=N      exit with status N (0..=255), no output
+//!   echo        "echo ready\n", then echo COM1 input back until Ctrl-D (0x04), exit 0
+//!   flood=N     N pattern bytes on COM1 (seed=S), LSR-polled per byte, exit 0
+//!   fault       triple fault (IDT limit 0, then ud2)
+//!   spin        `jmp .` forever, no exits
+//!   halt        `cli; hlt` forever
+//!   pagetable   zero the live PML4, then keep executing: triple fault
+//!   com2        "kvmini tiny guest: COM2\n" on COM2, "com2 done\n" on COM1, exit 0
+//!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
+//!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
+//! Exit status N = 1-byte `out 0xf4` (isa-debug-exit; QEMU reports (N<<1)|1),
+//! falling back to an i8042 reset (`out 0x64, 0xfe`) and then `cli; hlt`.
+
+#![no_std]
+#![no_main]
+
+mod bootinfo;
+mod chaos;
+mod cmdline;
+mod io;
+mod mem;
+
+use core::arch::{asm, global_asm};
+
+use cmdline::Mode;
+use io::{COM1, COM2};
+
+global_asm!(include_str!("boot.S"), options(att_syntax));
+
+/// Called once by boot.S on the guest's own stack, in long mode, IF=0.
+/// `info` is the boot_params (kind 0) or hvm_start_info (kind 1) address.
+#[no_mangle]
+pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
+    // SAFETY: boot.S passes exactly what the boot protocol handed it.
+    let boot = unsafe { bootinfo::BootInfo::read(info, kind) };
+    let args = cmdline::parse(boot.cmdline);
+    match args.mode {
+        Mode::Hello => hello(&boot),
+        Mode::Exit(n) => io::exit(n),
+        Mode::Echo => echo(),
+        Mode::Flood(n) => flood(n, args.seed),
+        Mode::Fault => fault(),
+        Mode::Spin => spin(),
+        Mode::Halt => io::halt_forever(),
+        Mode::PageTable => pagetable(),
+        Mode::Com2 => com2(),
+        Mode::Chaos(seed) => chaos::run(seed, args.ops),
+    }
+}
+
+/// The banner, sent with as few `rep outsb` as possible (one unless the
+/// command line is longer than the buffer): no LSR polling, few instructions.
+fn hello(boot: &bootinfo::BootInfo) -> ! {
+    let mib = boot.ram_bytes.div_ceil(1 << 20);
+    let mut digits = [0u8; 20];
+    let mut out = io::BufWriter::<4096>::new(COM1);
+    out.push(b"kvmini tiny guest\nmemory: ");
+    out.push(io::fmt_u64(mib, &mut digits));
+    out.push(b" MiB\ncmdline: ");
+    out.push(boot.cmdline);
+    out.push(b"\n");
+    out.flush();
+    io::exit(0)
+}
+
+fn echo() -> ! {
+    io::puts(COM1, b"echo ready\n");
+    loop {
+        match io::getc(COM1) {
+            0x04 => io::exit(0), // Ctrl-D
+            b => io::putc(COM1, b),
+        }
+    }
+}
+
+/// Flood pattern (tests re-implement it byte for byte):
+///   state = seed ^ 0x9E37_79B9_7F4A_7C15
+///   for i in 0..n:
+///     if i % 65 == 64: emit b'\n'
+///     else: state ^= state << 13; state ^= state >> 7; state ^= state << 17
+///           emit b'a' + (state % 26)          (u64, shifts drop bits)
+/// Each byte is preceded by a 1-byte LSR read polling THRE, like a driver.
+fn flood(n: u64, seed: u64) -> ! {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for i in 0..n {
+        let b = if i % 65 == 64 {
+            b'\n'
+        } else {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b'a' + (state % 26) as u8
+        };
+        io::putc(COM1, b);
+    }
+    io::exit(0)
+}
+
+/// An IDT descriptor (lidt operand).
+#[repr(C, packed)]
+struct Idtr {
+    limit: u16,
+    base: u64,
+}
+
+/// Load an empty IDT and raise #UD: delivering it fails (#GP), delivering
+/// that fails (#DF), and that fails too: triple fault, VM shutdown.
+fn fault() -> ! {
+    static EMPTY_IDT: Idtr = Idtr { limit: 0, base: 0 };
+    // SAFETY: deliberately crashes the guest; nothing after it runs.
+    unsafe { asm!("lidt [{}]", "ud2", in(reg) &EMPTY_IDT, options(noreturn, nostack)) }
+}
+
+/// Loop forever without a single exit.
+fn spin() -> ! {
+    // SAFETY: an empty loop touches nothing.
+    unsafe { asm!("2: jmp 2b", options(noreturn, nomem, nostack)) }
+}
+
+/// Zero the live top-level page table (CR3 is identity-mapped), flush the
+/// TLB by reloading CR3 and store to memory: the very next fetch faults, and
+/// so does every attempt to deliver that fault: triple fault.
+fn pagetable() -> ! {
+    // SAFETY: deliberately destroys the address space; nothing after it runs.
+    unsafe {
+        asm!(
+            "mov rdx, cr3",
+            "and rdx, -4096",       // PML4 physical (== virtual) address
+            "mov rdi, rdx",
+            "mov ecx, 512",
+            "xor eax, eax",
+            "rep stosq",            // zero all 512 PML4 entries
+            "mov cr3, rdx",         // flush the TLB
+            "mov qword ptr [rdx], rax", // touch memory (faults, if the fetch did not)
+            "2: jmp 2b",
+            options(noreturn, nostack)
+        )
+    }
+}
+
+fn com2() -> ! {
+    io::puts(COM2, b"kvmini tiny guest: COM2\n");
+    io::puts(COM1, b"com2 done\n");
+    io::exit(0)
+}
+
+/// libcore is prebuilt with unwinding, so its (discarded) unwind tables name
+/// the personality routine. With panic=abort nothing ever calls it.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    io::puts(COM1, b"kvmini tiny guest: panic\n");
+    io::exit(255)
+}

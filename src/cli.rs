@@ -1,0 +1,320 @@
+//! The command line: clap types and their conversion into a [`VmConfig`].
+//! Pure; unit-tested without KVM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::config::{
+    BootProtocol, KernelSource, RebootPolicy, SerialBackend, VmConfig, DEFAULT_LINUX_CMDLINE,
+    MAX_CPUS,
+};
+
+const AFTER_HELP: &str = "\
+Examples:
+  kvmini                                   boot the built-in tiny guest
+  kvmini --cmdline 'exit=3'; echo $?       the guest's status becomes kvmini's (3)
+  kvmini --kernel bzImage --initramfs initrd.cpio --memory 512M --cpus 2
+  kvmini --kernel vmlinux --serial file=console.log --timeout 60s
+
+Exit status: 0 clean shutdown; the guest's debug-exit byte as is; 1 internal
+error; 2 bad invocation or input; 3 KVM unavailable; 4 guest crash; 5 timeout;
+6 guest kernel panic; 128+N stopped by signal N. The last line on stderr says
+which. Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvmini",
+    version,
+    about = "A minimal hypervisor on KVM: boots a kernel with a serial console and \
+             reports how the guest ended in its exit status.",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Kernel to boot: a 64-bit ELF (vmlinux, PVH) or a bzImage, detected by
+    /// content. Default: kvmini's built-in tiny guest.
+    /// Example: --kernel /boot/vmlinuz-6.1.0-amd64
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs (cpio archive, optionally compressed) handed to the kernel.
+    /// Example: --initramfs initrd.cpio.gz
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line. Default: "hello" for the built-in guest, and
+    /// for other kernels the value shown below.
+    /// Example: --cmdline 'console=ttyS0 quiet'
+    #[arg(long, value_name = "STRING", long_help = cmdline_help())]
+    pub cmdline: Option<String>,
+
+    /// Guest RAM, in bytes or with a K, M, G or T suffix (powers of 1024).
+    /// Example: --memory 512M
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Number of vCPUs, 1 to 64.
+    /// Example: --cpus 2
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    pub cpus: u8,
+
+    /// Where COM1's output goes: stdio, file=PATH or null.
+    /// Example: --serial file=console.log
+    #[arg(long, value_name = "BACKEND", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialBackend,
+
+    /// Stop the guest after this long (status 5). Units: ms, s, m, h; a bare
+    /// number is seconds.
+    /// Example: --timeout 30s
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// What a guest reboot does: exit (kvmini exits 0) or restart (boot the
+    /// guest again in place).
+    /// Example: --on-reboot restart
+    #[arg(long, value_name = "POLICY", default_value = "exit")]
+    pub on_reboot: OnReboot,
+
+    /// Entry point for ELF kernels: linux (the 64-bit boot protocol, at the
+    /// ELF entry) or pvh (the 32-bit entry in the kernel's PVH note).
+    /// Example: --boot pvh
+    #[arg(long, value_name = "PROTOCOL", default_value = "linux")]
+    pub boot: Boot,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG
+    /// overrides it. Example: -vv
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn cmdline_help() -> String {
+    format!(
+        "Kernel command line. Default: \"hello\" for the built-in guest; for other \
+         kernels \"{DEFAULT_LINUX_CMDLINE}\" (serial console, reboot through the \
+         keyboard controller, reboot on panic, which kvmini reports as a panic).\n\
+         Example: --cmdline 'console=ttyS0 quiet'"
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnReboot {
+    Exit,
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Boot {
+    Linux,
+    Pvh,
+}
+
+/// Parses "128M", "1G", "65536", "512k", "2GiB".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 10),
+        Some('m') => (&body[..body.len() - 1], 20),
+        Some('g') => (&body[..body.len() - 1], 30),
+        Some('t') => (&body[..body.len() - 1], 40),
+        _ => (body, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{s}' is not a size (use a number with an optional K, M, G or T suffix, e.g. 512M)"
+        ));
+    }
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is too large"))?;
+    if n == 0 {
+        return Err("the size must be greater than zero".into());
+    }
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Parses "30s", "500ms", "2m", "1h", "1.5s", "10".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err("the duration must be greater than zero".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long"))
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if n == 0 || n > u32::from(MAX_CPUS) {
+        return Err(format!("{n} is out of range (1 to {MAX_CPUS})"));
+    }
+    Ok(n as u8)
+}
+
+/// Parses "stdio", "null", "file=PATH".
+pub fn parse_serial(s: &str) -> Result<SerialBackend, String> {
+    match s {
+        "stdio" => Ok(SerialBackend::Stdio),
+        "null" => Ok(SerialBackend::Null),
+        _ => match s.strip_prefix("file=") {
+            Some("") => Err("file= needs a path".into()),
+            Some(p) => Ok(SerialBackend::File(PathBuf::from(p))),
+            None => Err(format!(
+                "'{s}' is not a back end (use stdio, file=PATH or null)"
+            )),
+        },
+    }
+}
+
+impl Args {
+    pub fn into_config(self) -> VmConfig {
+        VmConfig {
+            kernel: self
+                .kernel
+                .map_or(KernelSource::Embedded, KernelSource::File),
+            boot: match self.boot {
+                Boot::Linux => BootProtocol::Linux64,
+                Boot::Pvh => BootProtocol::Pvh,
+            },
+            initramfs: self.initramfs,
+            cmdline: self.cmdline,
+            memory: self.memory,
+            cpus: self.cpus,
+            serial: self.serial,
+            timeout: self.timeout,
+            on_reboot: match self.on_reboot {
+                OnReboot::Exit => RebootPolicy::Exit,
+                OnReboot::Restart => RebootPolicy::Restart,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, clap::Error> {
+        let mut v = vec!["kvmini"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).map(Args::into_config)
+    }
+
+    #[test]
+    fn no_arguments_is_the_default_config() {
+        assert_eq!(parse(&[]).unwrap(), VmConfig::default());
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--initramfs",
+            "/i",
+            "--cmdline",
+            "a b",
+            "--memory",
+            "1G",
+            "--cpus",
+            "4",
+            "--serial",
+            "file=/tmp/x",
+            "--timeout",
+            "1.5s",
+            "--on-reboot",
+            "restart",
+            "--boot",
+            "pvh",
+        ])
+        .unwrap();
+        assert_eq!(c.kernel, KernelSource::File("/k".into()));
+        assert_eq!(c.initramfs, Some("/i".into()));
+        assert_eq!(c.cmdline.as_deref(), Some("a b"));
+        assert_eq!(c.memory, 1 << 30);
+        assert_eq!(c.cpus, 4);
+        assert_eq!(c.serial, SerialBackend::File("/tmp/x".into()));
+        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.on_reboot, RebootPolicy::Restart);
+        assert_eq!(c.boot, BootProtocol::Pvh);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128M").unwrap(), 128 << 20);
+        assert_eq!(parse_size("128m").unwrap(), 128 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "12Q",
+            "-1G",
+            "1.5G",
+            "abc",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        for bad in ["", "0", "0s", "s", "10x", "-1s", "1e400", "..s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn cpus_range() {
+        assert!(parse(&["--cpus", "0"]).is_err());
+        assert!(parse(&["--cpus", "65"]).is_err());
+        assert!(parse(&["--cpus", "x"]).is_err());
+        assert_eq!(parse(&["--cpus", "64"]).unwrap().cpus, 64);
+    }
+
+    #[test]
+    fn serial_backends() {
+        assert_eq!(parse_serial("null").unwrap(), SerialBackend::Null);
+        assert_eq!(parse_serial("stdio").unwrap(), SerialBackend::Stdio);
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tcp:1234").is_err());
+    }
+
+    #[test]
+    fn unknown_flags_are_errors() {
+        assert!(parse(&["--frobnicate"]).is_err());
+        assert!(parse(&["--on-reboot", "explode"]).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Emulated devices. Each sees only offsets into its own range.
+
+pub mod acpi_pm;
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;

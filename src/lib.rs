@@ -1,0 +1,22 @@
+//! kvmini: a minimal type-2 hypervisor on Linux KVM.
+//!
+//! [`run`] boots the VM a [`VmConfig`] describes and returns why it ended;
+//! [`status`] maps that to kvmini's exit-status contract.
+
+pub mod arch;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod devices;
+pub mod loader;
+pub mod memory;
+pub mod status;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;
+
+pub use config::VmConfig;
+pub use control::StopReason;
+pub use vmm::{run, Error};

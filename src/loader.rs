@@ -1,0 +1,316 @@
+//! Kernel images (ELF vmlinux, PVH ELF, bzImage) and the initramfs, loaded
+//! into guest memory with linux-loader. Formats are told apart by content.
+
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::arch::layout::{HIMEM_START, MMIO_GAP_START};
+
+/// The tiny guest, built from guest/ by build.rs.
+pub static TINY_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kvmini-guest.elf"));
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const ELFCLASS64: u8 = 2;
+const EM_X86_64: u16 = 62;
+/// Offset of "HdrS" in a bzImage.
+const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
+const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
+/// 64-bit entry point offset from the protected-mode kernel's start.
+const BZIMAGE_ENTRY64_OFFSET: u64 = 0x200;
+const PAGE_SIZE: u64 = 0x1000;
+
+/// Which kernel to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// kvmini's own tiny guest.
+    Embedded,
+    File(PathBuf),
+}
+
+/// Which entry point an ELF kernel is started at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootProtocol {
+    /// ELF: the 64-bit entry (e_entry); bzImage: its 64-bit entry.
+    #[default]
+    Linux64,
+    /// ELF: the 32-bit entry in its PVH note.
+    Pvh,
+}
+
+/// The kernel image formats kvmini recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Elf,
+    BzImage,
+}
+
+/// Errors loading a kernel or an initramfs. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--kernel {0}: cannot read the file")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("--kernel {0}: is a directory, not a kernel image")]
+    Directory(PathBuf),
+    #[error("--kernel {0}: the file is empty")]
+    Empty(PathBuf),
+    #[error("--kernel {0}: not a kernel image (neither an ELF nor a bzImage)")]
+    UnknownFormat(PathBuf),
+    #[error("--kernel {0}: a 32-bit ELF; kvmini boots 64-bit x86 kernels")]
+    Elf32(PathBuf),
+    #[error("--kernel {0}: an ELF for another architecture (e_machine {1}); kvmini boots x86_64 kernels")]
+    WrongArch(PathBuf, u16),
+    #[error("--kernel {0}: invalid or truncated {1:?} image")]
+    Invalid(PathBuf, Format, #[source] linux_loader::loader::Error),
+    #[error("--kernel {path}: the image ends at {end:#x}, beyond the guest's {mem:#x} bytes of memory (raise --memory)")]
+    TooBig { path: PathBuf, end: u64, mem: u64 },
+    #[error("--kernel {0}: has no PVH entry note, so --boot pvh cannot start it")]
+    NoPvhEntry(PathBuf),
+    #[error("--initramfs {0}: cannot read the file")]
+    InitramfsRead(PathBuf, #[source] std::io::Error),
+    #[error("--initramfs {0}: is a directory, not an archive")]
+    InitramfsDirectory(PathBuf),
+    #[error("--initramfs {path}: {size} bytes do not fit in guest memory below {limit:#x} after the kernel (raise --memory)")]
+    InitramfsTooBig {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("--initramfs {0}: cannot copy it into guest memory")]
+    InitramfsCopy(PathBuf, #[source] vm_memory::GuestMemoryError),
+}
+
+/// A kernel in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedKernel {
+    pub format: Format,
+    /// The 64-bit entry point.
+    pub entry64: u64,
+    /// The PVH 32-bit entry point, if the image has one.
+    pub pvh_entry: Option<u64>,
+    /// First byte after the image.
+    pub end: u64,
+    pub setup_header: Option<setup_header>,
+}
+
+fn display(source: &KernelSource) -> PathBuf {
+    match source {
+        KernelSource::Embedded => PathBuf::from("(embedded tiny guest)"),
+        KernelSource::File(p) => p.clone(),
+    }
+}
+
+/// Decides the format from the first bytes of the image.
+pub fn detect(path: &Path, head: &[u8]) -> Result<Format, Error> {
+    if head.is_empty() {
+        return Err(Error::Empty(path.into()));
+    }
+    if head.starts_with(ELF_MAGIC) {
+        if head.len() < 20 {
+            return Err(Error::Invalid(
+                path.into(),
+                Format::Elf,
+                linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadElfHeader),
+            ));
+        }
+        if head[4] != ELFCLASS64 {
+            return Err(Error::Elf32(path.into()));
+        }
+        let machine = u16::from_le_bytes([head[18], head[19]]);
+        if machine != EM_X86_64 {
+            return Err(Error::WrongArch(path.into(), machine));
+        }
+        return Ok(Format::Elf);
+    }
+    if head.get(BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + 4) == Some(&BZIMAGE_MAGIC[..]) {
+        return Ok(Format::BzImage);
+    }
+    Err(Error::UnknownFormat(path.into()))
+}
+
+fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    image: &mut F,
+) -> Result<LoadedKernel, Error> {
+    let mut head = vec![0u8; 0x210];
+    let mut filled = 0;
+    while filled < head.len() {
+        match image.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Read(path.into(), e)),
+        }
+    }
+    head.truncate(filled);
+    let format = detect(path, &head)?;
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::Read(path.into(), e))?;
+    let result: KernelLoaderResult = match format {
+        Format::Elf => Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START))),
+        Format::BzImage => BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START))),
+    }
+    .map_err(|e| Error::Invalid(path.into(), format, e))?;
+    let mem_end = mem.last_addr().0 + 1;
+    if result.kernel_end > mem_end {
+        return Err(Error::TooBig {
+            path: path.into(),
+            end: result.kernel_end,
+            mem: mem_end,
+        });
+    }
+    let entry64 = match format {
+        Format::Elf => result.kernel_load.0,
+        Format::BzImage => result.kernel_load.0 + BZIMAGE_ENTRY64_OFFSET,
+    };
+    let pvh_entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+        _ => None,
+    };
+    Ok(LoadedKernel {
+        format,
+        entry64,
+        pvh_entry,
+        end: result.kernel_end,
+        setup_header: result.setup_header,
+    })
+}
+
+/// Loads the kernel into guest memory.
+pub fn load_kernel(mem: &GuestMemoryMmap, source: &KernelSource) -> Result<LoadedKernel, Error> {
+    let path = display(source);
+    match source {
+        KernelSource::Embedded => load_image(mem, &path, &mut Cursor::new(TINY_GUEST)),
+        KernelSource::File(p) => {
+            if p.is_dir() {
+                return Err(Error::Directory(p.clone()));
+            }
+            let mut f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
+            load_image(mem, p, &mut f)
+        }
+    }
+}
+
+/// Where an initramfs of `size` bytes goes: as high as possible below
+/// `limit` (and below the device hole), page-aligned, above the kernel.
+pub fn initramfs_address(size: u64, kernel_end: u64, mem_end: u64, limit: u64) -> Option<u64> {
+    let top = mem_end.min(MMIO_GAP_START).min(limit.saturating_add(1));
+    let addr = top.checked_sub(size)? & !(PAGE_SIZE - 1);
+    (addr >= kernel_end.max(HIMEM_START)).then_some(addr)
+}
+
+/// Copies the initramfs into guest memory; returns its address and size.
+pub fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+) -> Result<(u64, u64), Error> {
+    if path.is_dir() {
+        return Err(Error::InitramfsDirectory(path.into()));
+    }
+    let mut f = File::open(path).map_err(|e| Error::InitramfsRead(path.into(), e))?;
+    let size = f
+        .metadata()
+        .map_err(|e| Error::InitramfsRead(path.into(), e))?
+        .len();
+    // A bzImage says how high its initramfs may go; 64-bit ELF kernels
+    // take any address below 4 GiB.
+    let limit = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&l| l != 0)
+        .unwrap_or(u64::from(u32::MAX));
+    let mem_end = mem.last_addr().0 + 1;
+    let addr =
+        initramfs_address(size, kernel.end, mem_end, limit).ok_or(Error::InitramfsTooBig {
+            path: path.into(),
+            size,
+            limit: mem_end.min(MMIO_GAP_START),
+        })?;
+    let len = usize::try_from(size).map_err(|_| Error::InitramfsTooBig {
+        path: path.into(),
+        size,
+        limit: mem_end,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, len)
+        .map_err(|e| Error::InitramfsCopy(path.into(), e))?;
+    Ok((addr, size))
+}
+
+/// Reads `mem` back, for tests.
+#[cfg(test)]
+fn read_back(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("k")
+    }
+
+    #[test]
+    fn detects_formats_by_content() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(ELF_MAGIC);
+        elf[4] = ELFCLASS64;
+        elf[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        assert_eq!(detect(p(), &elf).unwrap(), Format::Elf);
+        elf[18] = 183; // aarch64
+        assert!(matches!(detect(p(), &elf), Err(Error::WrongArch(_, 183))));
+        elf[4] = 1;
+        assert!(matches!(detect(p(), &elf), Err(Error::Elf32(_))));
+        let mut bz = vec![0u8; 0x210];
+        bz[0x202..0x206].copy_from_slice(BZIMAGE_MAGIC);
+        assert_eq!(detect(p(), &bz).unwrap(), Format::BzImage);
+        assert!(matches!(detect(p(), &[]), Err(Error::Empty(_))));
+        assert!(matches!(
+            detect(p(), b"random bytes"),
+            Err(Error::UnknownFormat(_))
+        ));
+    }
+
+    #[test]
+    fn initramfs_goes_high_and_aligned() {
+        let a = initramfs_address(0x1800, 0x20_0000, 128 << 20, u64::from(u32::MAX)).unwrap();
+        assert_eq!(a, (128 << 20) - 0x2000);
+        // A bzImage limit lowers it.
+        let a = initramfs_address(0x1000, 0x20_0000, 128 << 20, 0x37ff_ffff).unwrap();
+        assert_eq!(a, (128 << 20) - 0x1000);
+        let a = initramfs_address(0x1000, 0x20_0000, 2 << 30, 0x37ff_ffff).unwrap();
+        assert_eq!(a, 0x3800_0000 - 0x1000);
+        // Large guests keep it below the device hole.
+        let a = initramfs_address(0x1000, 0x20_0000, 8 << 30, u64::from(u32::MAX)).unwrap();
+        assert_eq!(a, MMIO_GAP_START - 0x1000);
+        // Too big: it would overlap the kernel.
+        assert_eq!(
+            initramfs_address(127 << 20, 0x20_0000, 128 << 20, u64::MAX),
+            None
+        );
+        assert_eq!(
+            initramfs_address(1 << 30, 0x20_0000, 128 << 20, u64::MAX),
+            None
+        );
+    }
+
+    #[test]
+    fn tiny_guest_loads_at_1m_with_both_entries() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let k = load_kernel(&mem, &KernelSource::Embedded).unwrap();
+        assert_eq!(k.format, Format::Elf);
+        assert!(k.entry64 >= HIMEM_START && k.entry64 < k.end);
+        assert!(k.pvh_entry.is_some(), "the tiny guest carries a PVH note");
+        assert_ne!(read_back(&mem, HIMEM_START, 16), vec![0u8; 16]);
+    }
+}

@@ -1,0 +1,67 @@
+//! kvmini's command-line entry point: parse, run, report, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvmini::{cli::Args, console, status};
+
+fn main() -> ExitCode {
+    // Whatever happens, leave the terminal as we found it, and never show
+    // a user a backtrace: one line, then the internal-error status.
+    std::panic::set_hook(Box::new(|info| {
+        console::restore_terminal();
+        eprintln!("kvmini: internal error: {info}");
+    }));
+
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's own message is several lines; keep the first one.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "kvmini: {} (see kvmini --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(status::BAD_INPUT);
+        }
+    };
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_micros()
+        .init();
+
+    let config = args.into_config();
+    match kvmini::run(&config) {
+        Ok(reason) => {
+            if let kvmini::StopReason::Crash(detail) = &reason {
+                // The register dump follows the first line.
+                for line in detail.lines().skip(1) {
+                    eprintln!("{line}");
+                }
+            }
+            eprintln!("{}", status::describe(&reason));
+            ExitCode::from(status::code(&reason))
+        }
+        Err(e) => {
+            let mut line = format!("kvmini: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                line.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{line}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Guest RAM: its layout around the 32-bit device hole, and its creation.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::layout::{EBDA_START, HIMEM_START, MIN_MEMORY, MMIO_GAP_END, MMIO_GAP_START};
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("guest memory of {0} bytes is below the minimum of {MIN_MEMORY} bytes")]
+    TooSmall(u64),
+    #[error("guest memory of {0} bytes does not fit this host's address space")]
+    TooLarge(u64),
+    #[error("cannot map {size} bytes of guest memory")]
+    Mmap {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// The guest-physical ranges backed by RAM for a guest of `size` bytes:
+/// one below the device hole and, for guests larger than 3 GiB, one above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START),
+            (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START),
+        ]
+    }
+}
+
+/// An e820 map entry: address, size, type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+/// e820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 type of reserved memory.
+pub const E820_RESERVED: u32 = 2;
+
+/// The e820 map for a guest of `size` bytes: conventional memory below the
+/// EBDA, the EBDA/BIOS area reserved, then RAM from 1 MiB, split around the
+/// device hole.
+pub fn e820_map(size: u64) -> Vec<E820Entry> {
+    let mut map = vec![
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIMEM_START - EBDA_START,
+            kind: E820_RESERVED,
+        },
+    ];
+    for (start, len) in ram_ranges(size) {
+        let start = start.0.max(HIMEM_START);
+        let end = if start >= MMIO_GAP_END {
+            start + len
+        } else {
+            len
+        };
+        if end > start {
+            map.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820_RAM,
+            });
+        }
+    }
+    map
+}
+
+/// Creates anonymous guest RAM of `size` bytes. The mapping is
+/// MAP_NORESERVE and untouched pages cost the host nothing.
+pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
+    if size < MIN_MEMORY {
+        return Err(Error::TooSmall(size));
+    }
+    let ranges = ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| usize::try_from(len).map(|len| (addr, len)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| Error::TooLarge(size))?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Mmap { size, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_range() {
+        assert_eq!(ram_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r[0], (GuestAddress(0), 3 << 30));
+        assert_eq!(r[1], (GuestAddress(4 << 30), 1 << 30));
+    }
+
+    #[test]
+    fn e820_sums_to_ram_minus_legacy_hole() {
+        for size in [32u64 << 20, 128 << 20, 3 << 30, 5 << 30] {
+            let map = e820_map(size);
+            let ram: u64 = map
+                .iter()
+                .filter(|e| e.kind == E820_RAM)
+                .map(|e| e.size)
+                .sum();
+            assert_eq!(ram, size - (HIMEM_START - EBDA_START), "size {size}");
+            // No RAM entry may touch the device hole.
+            for e in map.iter().filter(|e| e.kind == E820_RAM) {
+                assert!(e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END);
+            }
+        }
+    }
+
+    #[test]
+    fn e820_above_4g_starts_at_4g() {
+        let map = e820_map(5 << 30);
+        let last = map.last().copied().unwrap();
+        assert_eq!(last.addr, MMIO_GAP_END);
+        assert_eq!(last.size, 2 << 30);
+    }
+
+    #[test]
+    fn too_small_is_rejected() {
+        assert!(matches!(create(1 << 20), Err(Error::TooSmall(_))));
+    }
+}

@@ -1,0 +1,302 @@
+//! What to do about a vCPU exit: a free function from the exit to an
+//! [`Action`], with no knowledge of any device beyond the two buses.
+
+use crate::bus::Bus;
+use crate::control::StopReason;
+
+/// A vCPU exit, in the terms kvmini cares about. Port I/O carries the
+/// element size, because string I/O (`rep insb/outsw/...`) arrives as one
+/// buffer of `size * count` bytes.
+#[derive(Debug)]
+pub enum Exit<'a> {
+    IoIn {
+        port: u16,
+        size: usize,
+        data: &'a mut [u8],
+    },
+    IoOut {
+        port: u16,
+        size: usize,
+        data: &'a [u8],
+    },
+    MmioRead {
+        addr: u64,
+        data: &'a mut [u8],
+    },
+    MmioWrite {
+        addr: u64,
+        data: &'a [u8],
+    },
+    /// KVM_EXIT_HLT: only without an in-kernel irqchip.
+    Hlt,
+    /// KVM_EXIT_SHUTDOWN: a triple fault.
+    Shutdown,
+    FailEntry(u64),
+    InternalError(u32),
+    /// KVM_EXIT_SYSTEM_EVENT with its type.
+    SystemEvent(u32),
+    /// KVM_RUN was interrupted by a signal (a kick from another thread).
+    Interrupted,
+    /// Anything else, by name.
+    Other(&'static str),
+}
+
+/// The outcome of handling one exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Stop(StopReason),
+}
+
+/// How to treat a triple fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TripleFault {
+    /// A crash (the default).
+    Crash,
+    /// A reboot request: the guest kernel was told `reboot=t`.
+    Reset,
+}
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// Splits a port access into its elements. A malformed size (never
+/// produced by real hardware) is treated as one access of the whole buffer.
+fn elements(len: usize, size: usize) -> usize {
+    if size == 0 || !len.is_multiple_of(size) {
+        len.max(1)
+    } else {
+        size
+    }
+}
+
+/// Handles one exit against the port and MMIO buses.
+pub fn handle(exit: Exit, io: &Bus, mmio: &Bus, triple_fault: TripleFault) -> Action {
+    match exit {
+        Exit::IoIn { port, size, data } => {
+            let step = elements(data.len(), size);
+            for chunk in data.chunks_mut(step) {
+                if !io.read(u64::from(port), chunk) {
+                    log::debug!("unclaimed port read {port:#x} ({} bytes)", chunk.len());
+                }
+            }
+            Action::Continue
+        }
+        Exit::IoOut { port, size, data } => {
+            let step = elements(data.len(), size);
+            for chunk in data.chunks(step) {
+                if !io.write(u64::from(port), chunk) {
+                    log::debug!("unclaimed port write {port:#x} <- {chunk:02x?}");
+                }
+            }
+            Action::Continue
+        }
+        Exit::MmioRead { addr, data } => {
+            if !mmio.read(addr, data) {
+                log::debug!("unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
+            }
+            Action::Continue
+        }
+        Exit::MmioWrite { addr, data } => {
+            if !mmio.write(addr, data) {
+                log::debug!("unclaimed MMIO write {addr:#x} <- {data:02x?}");
+            }
+            Action::Continue
+        }
+        Exit::Interrupted => Action::Continue,
+        Exit::Hlt => Action::Stop(StopReason::Crash(
+            "the vCPU halted with no interrupt controller to wake it".into(),
+        )),
+        Exit::Shutdown => match triple_fault {
+            TripleFault::Reset => Action::Stop(StopReason::Reset),
+            TripleFault::Crash => Action::Stop(StopReason::Crash("triple fault".into())),
+        },
+        Exit::FailEntry(reason) => Action::Stop(StopReason::Crash(format!(
+            "VM entry failed (hardware reason {reason:#x})"
+        ))),
+        Exit::InternalError(sub) => Action::Stop(StopReason::Crash(format!(
+            "KVM internal error (suberror {sub})"
+        ))),
+        Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Action::Stop(StopReason::PowerOff),
+        Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET) => Action::Stop(StopReason::Reset),
+        Exit::SystemEvent(KVM_SYSTEM_EVENT_CRASH) => Action::Stop(StopReason::Panic),
+        Exit::SystemEvent(other) => {
+            log::debug!("ignored system event {other}");
+            Action::Continue
+        }
+        Exit::Other(name) => Action::Stop(StopReason::Crash(format!("unexpected exit {name}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusDevice;
+    use std::sync::{Arc, Mutex};
+
+    /// Logs every access with its offset and size.
+    #[derive(Default)]
+    struct Log(Vec<(char, u64, Vec<u8>)>);
+
+    impl BusDevice for Log {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = offset as u8 + i as u8;
+            }
+            self.0.push(('r', offset, data.to_vec()));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push(('w', offset, data.to_vec()));
+        }
+    }
+
+    fn buses() -> (Bus, Bus, Arc<Mutex<Log>>) {
+        let dev = Arc::new(Mutex::new(Log::default()));
+        let mut io = Bus::new();
+        io.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(dev.clone(), 0xd000_0000, 0x1000).unwrap();
+        (io, mmio, dev)
+    }
+
+    #[test]
+    fn string_out_is_split_per_element() {
+        let (io, mmio, dev) = buses();
+        let exit = Exit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"abc",
+        };
+        assert_eq!(
+            handle(exit, &io, &mmio, TripleFault::Crash),
+            Action::Continue
+        );
+        let log = &dev.lock().unwrap().0;
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[2], ('w', 0, vec![b'c']));
+    }
+
+    #[test]
+    fn string_in_of_words_fills_each_element() {
+        let (io, mmio, dev) = buses();
+        let mut buf = [0u8; 6];
+        let exit = Exit::IoIn {
+            port: 0x3fa,
+            size: 2,
+            data: &mut buf,
+        };
+        handle(exit, &io, &mmio, TripleFault::Crash);
+        assert_eq!(buf, [2, 3, 2, 3, 2, 3]);
+        assert_eq!(dev.lock().unwrap().0.len(), 3);
+    }
+
+    #[test]
+    fn dword_access_reaches_device_whole() {
+        let (io, mmio, dev) = buses();
+        let exit = Exit::IoOut {
+            port: 0x3fc,
+            size: 4,
+            data: &[1, 2, 3, 4],
+        };
+        handle(exit, &io, &mmio, TripleFault::Crash);
+        assert_eq!(dev.lock().unwrap().0[0], ('w', 4, vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn unclaimed_port_and_mmio_read_all_ones() {
+        let (io, mmio, _) = buses();
+        let mut d = [0u8; 4];
+        let exit = Exit::IoIn {
+            port: 0x1234,
+            size: 4,
+            data: &mut d,
+        };
+        assert_eq!(
+            handle(exit, &io, &mmio, TripleFault::Crash),
+            Action::Continue
+        );
+        assert_eq!(d, [0xff; 4]);
+        let mut m = [0u8; 8];
+        let exit = Exit::MmioRead {
+            addr: 0xe000_0000,
+            data: &mut m,
+        };
+        handle(exit, &io, &mmio, TripleFault::Crash);
+        assert_eq!(m, [0xff; 8]);
+    }
+
+    #[test]
+    fn claimed_mmio_reaches_device_with_offset() {
+        let (io, mmio, dev) = buses();
+        let exit = Exit::MmioWrite {
+            addr: 0xd000_0010,
+            data: &[9, 9],
+        };
+        handle(exit, &io, &mmio, TripleFault::Crash);
+        assert_eq!(dev.lock().unwrap().0[0], ('w', 0x10, vec![9, 9]));
+    }
+
+    #[test]
+    fn malformed_size_does_not_panic() {
+        let (io, mmio, _) = buses();
+        for size in [0, 3, 7] {
+            let mut d = [0u8; 4];
+            let exit = Exit::IoIn {
+                port: 0x3f8,
+                size,
+                data: &mut d,
+            };
+            assert_eq!(
+                handle(exit, &io, &mmio, TripleFault::Crash),
+                Action::Continue
+            );
+        }
+        let exit = Exit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: &[],
+        };
+        assert_eq!(
+            handle(exit, &io, &mmio, TripleFault::Crash),
+            Action::Continue
+        );
+    }
+
+    #[test]
+    fn triple_fault_is_crash_or_reset() {
+        let (io, mmio, _) = buses();
+        assert!(matches!(
+            handle(Exit::Shutdown, &io, &mmio, TripleFault::Crash),
+            Action::Stop(StopReason::Crash(_))
+        ));
+        assert_eq!(
+            handle(Exit::Shutdown, &io, &mmio, TripleFault::Reset),
+            Action::Stop(StopReason::Reset)
+        );
+    }
+
+    #[test]
+    fn fatal_exits_stop_the_vm() {
+        let (io, mmio, _) = buses();
+        for exit in [
+            Exit::FailEntry(0x80),
+            Exit::InternalError(1),
+            Exit::Hlt,
+            Exit::Other("KVM_EXIT_UNKNOWN"),
+        ] {
+            assert!(matches!(
+                handle(exit, &io, &mmio, TripleFault::Crash),
+                Action::Stop(StopReason::Crash(_))
+            ));
+        }
+        assert_eq!(
+            handle(Exit::SystemEvent(1), &io, &mmio, TripleFault::Crash),
+            Action::Stop(StopReason::PowerOff)
+        );
+        assert_eq!(
+            handle(Exit::Interrupted, &io, &mmio, TripleFault::Crash),
+            Action::Continue
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! A vCPU: its initial state and its run loop.
+
+pub mod exit;
+
+use kvm_bindings::{kvm_run, CpuId};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+use crate::arch::x86_64::{cpuid, regs};
+use crate::bus::Bus;
+use crate::control::{StopReason, VmControl};
+use exit::{Action, Exit, TripleFault};
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    #[error("cannot set up vCPU {id}: {what}")]
+    Setup {
+        id: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot build the MSR list")]
+    Msrs(#[source] vmm_sys_util::fam::Error),
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, id: u8) -> Result<Self, Error> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| Error::Create(id, e))?;
+        Ok(Self { fd, id })
+    }
+
+    fn setup<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Error> {
+        r.map_err(|source| Error::Setup {
+            id: self.id,
+            what,
+            source,
+        })
+    }
+
+    /// CPUID and MSRs: every vCPU.
+    pub fn configure_common(&self, supported: &CpuId, cpus: u8) -> Result<(), Error> {
+        let mut cpuid = supported.clone();
+        cpuid::adjust(&mut cpuid, self.id, cpus);
+        self.setup("CPUID", self.fd.set_cpuid2(&cpuid))?;
+        let msrs = regs::boot_msrs().map_err(Error::Msrs)?;
+        self.setup("MSRs", self.fd.set_msrs(&msrs))?;
+        Ok(())
+    }
+
+    /// Registers for the boot vCPU, which starts at the kernel's entry.
+    pub fn configure_boot(&self, entry: regs::Entry, cr3: u64) -> Result<(), Error> {
+        let sregs = self.setup("special registers", self.fd.get_sregs())?;
+        self.setup(
+            "special registers",
+            self.fd.set_sregs(&regs::sregs(sregs, entry, cr3)),
+        )?;
+        self.setup("registers", self.fd.set_regs(&regs::regs(entry)))?;
+        self.setup("FPU", self.fd.set_fpu(&regs::fpu()))?;
+        Ok(())
+    }
+
+    /// Runs until the VM stops, for whatever reason and from whichever thread.
+    pub fn run(&mut self, io: &Bus, mmio: &Bus, control: &VmControl, triple_fault: TripleFault) {
+        while !control.is_stopping() {
+            let run_ptr: *const kvm_run = self.fd.get_kvm_run();
+            let exit = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
+                    port,
+                    // SAFETY: run_ptr is this vCPU's kvm_run mapping, which
+                    // lives as long as self.fd; KVM filled its io member for
+                    // this KVM_EXIT_IO exit, and only that member is read.
+                    size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
+                    data,
+                },
+                Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut {
+                    port,
+                    // SAFETY: as above.
+                    size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
+                    data,
+                },
+                Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead { addr, data },
+                Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite { addr, data },
+                Ok(VcpuExit::Hlt) => Exit::Hlt,
+                Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+                Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
+                Ok(VcpuExit::InternalError) => Exit::InternalError(
+                    // SAFETY: as above, for the internal member of this exit.
+                    unsafe { (*run_ptr).__bindgen_anon_1.internal.suberror },
+                ),
+                Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent(kind),
+                Ok(VcpuExit::Intr) => Exit::Interrupted,
+                Ok(other) => Exit::Other(exit_name(&other)),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    Exit::Interrupted
+                }
+                Err(e) => {
+                    control.stop(StopReason::HostError(format!(
+                        "vCPU {}: KVM_RUN failed: {e}",
+                        self.id
+                    )));
+                    break;
+                }
+            };
+            match exit::handle(exit, io, mmio, triple_fault) {
+                Action::Continue => {}
+                Action::Stop(StopReason::Crash(what)) => {
+                    control.stop(StopReason::Crash(format!(
+                        "{what} on vCPU {}\n{}",
+                        self.id,
+                        self.dump()
+                    )));
+                    break;
+                }
+                Action::Stop(reason) => {
+                    control.stop(reason);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The vCPU's registers, for a crash report.
+    pub fn dump(&self) -> String {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "  (registers unavailable)".into();
+        };
+        format!(
+            "  rip={:#018x} rsp={:#018x} rflags={:#010x}\n  \
+             rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  \
+             rsi={:#018x} rdi={:#018x} rbp={:#018x}\n  \
+             cr0={:#010x} cr2={:#018x} cr3={:#018x} cr4={:#010x} efer={:#x}\n  \
+             cs={:#06x} (l={} db={}) ss={:#06x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.rbp,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.cs.l,
+            s.cs.db,
+            s.ss.selector
+        )
+    }
+}
+
+fn exit_name(exit: &VcpuExit) -> &'static str {
+    match exit {
+        VcpuExit::Unknown => "KVM_EXIT_UNKNOWN",
+        VcpuExit::Exception => "KVM_EXIT_EXCEPTION",
+        VcpuExit::Debug(_) => "KVM_EXIT_DEBUG",
+        VcpuExit::IrqWindowOpen => "KVM_EXIT_IRQ_WINDOW_OPEN",
+        VcpuExit::Nmi => "KVM_EXIT_NMI",
+        VcpuExit::X86Rdmsr(_) => "KVM_EXIT_X86_RDMSR",
+        VcpuExit::X86Wrmsr(_) => "KVM_EXIT_X86_WRMSR",
+        _ => "an unhandled KVM exit",
+    }
+}
+
+/// The CPUID KVM supports on this host, the base every vCPU adjusts.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+}

@@ -1,0 +1,70 @@
+//! The VM file descriptor: memory slots, the in-kernel irqchip and PIT,
+//! and irqfds.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Where KVM may put the TSS it needs for real-mode emulation on Intel:
+/// three pages just below the BIOS area at the top of the 32-bit space.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors setting up the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the VM")]
+    Create(#[source] kvm_ioctls::Error),
+    #[error("cannot set the TSS address")]
+    Tss(#[source] kvm_ioctls::Error),
+    #[error("cannot register guest memory with KVM")]
+    MemorySlot(#[source] kvm_ioctls::Error),
+    #[error("cannot create the in-kernel interrupt controller")]
+    Irqchip(#[source] kvm_ioctls::Error),
+    #[error("cannot create the in-kernel PIT")]
+    Pit(#[source] kvm_ioctls::Error),
+    #[error("cannot connect IRQ {1} to its eventfd")]
+    Irqfd(#[source] kvm_ioctls::Error, u32),
+}
+
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Creates the VM with its memory, irqchip and PIT.
+    pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<Self, Error> {
+        let fd = kvm.create_vm().map_err(Error::Create)?;
+        fd.set_tss_address(KVM_TSS_ADDRESS).map_err(Error::Tss)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the
+            // Vmm keeps alive for as long as this VM exists.
+            unsafe { fd.set_user_memory_region(r) }.map_err(Error::MemorySlot)?;
+        }
+        fd.create_irq_chip().map_err(Error::Irqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(Error::Pit)?;
+        Ok(Self { fd })
+    }
+
+    /// Raises `irq` whenever `evt` is written.
+    pub fn register_irqfd(&self, evt: &EventFd, irq: u32) -> Result<(), Error> {
+        self.fd
+            .register_irqfd(evt, irq)
+            .map_err(|e| Error::Irqfd(e, irq))
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

@@ -1,0 +1,331 @@
+//! The Vmm: assembles memory, the VM, devices and vCPUs, runs them, and
+//! owns their lifetime. It knows no exit; the vCPU loop and the devices
+//! report how the VM ends through [`VmControl`].
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{Cap, Kvm};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::layout::*;
+use crate::arch::x86_64::{boot_params, paging, regs};
+use crate::bus::{Bus, SharedDevice};
+use crate::config::{BootProtocol, RebootPolicy, VmConfig};
+use crate::console::{self, output::SerialOutput, Stdin};
+use crate::control::{StopReason, VmControl};
+use crate::devices::{acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, serial::SerialDevice};
+use crate::loader::{self, LoadedKernel};
+use crate::memory;
+use crate::vcpu::{self, exit::TripleFault, Vcpu};
+use crate::vm::{self, Vm};
+
+/// Errors before the guest runs. Each maps to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm (is KVM available and accessible to this user?)")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("/dev/kvm lacks {0}, which kvmini needs")]
+    KvmCapability(&'static str),
+    #[error("cannot read the CPUID that KVM supports")]
+    Cpuid(#[source] kvm_ioctls::Error),
+    #[error("--memory")]
+    Memory(#[source] memory::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+    #[error("--cpus {0}: this host's KVM supports at most {1} vCPUs")]
+    TooManyCpus(u8, usize),
+    #[error(transparent)]
+    SerialOutput(#[from] console::output::Error),
+    #[error("cannot write the boot structures into guest memory")]
+    BootMemory(#[source] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    BootParams(#[from] boot_params::Error),
+    #[error("cannot set up the VM")]
+    Vm(#[from] vm::Error),
+    #[error("cannot set up the vCPUs")]
+    Vcpu(#[from] vcpu::Error),
+    #[error("cannot set up the bus")]
+    Bus(#[from] crate::bus::Error),
+    #[error("cannot set up the console")]
+    Console(#[source] std::io::Error),
+    #[error("cannot start a vCPU thread")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The exit status for this error (see [`crate::status`]).
+    pub fn exit_code(&self) -> u8 {
+        use crate::status::*;
+        match self {
+            Error::KvmOpen(_) | Error::KvmCapability(_) => KVM_UNAVAILABLE,
+            Error::Memory(_)
+            | Error::Loader(_)
+            | Error::Cmdline(_)
+            | Error::TooManyCpus(..)
+            | Error::SerialOutput(_) => BAD_INPUT,
+            _ => INTERNAL_ERROR,
+        }
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Runs the VM described by `config` until it ends, rebooting it in place
+/// if the config says so. Returns why it ended.
+pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    let max = kvm.get_max_vcpus();
+    if usize::from(config.cpus) > max {
+        return Err(Error::TooManyCpus(config.cpus, max));
+    }
+    let signals = console::signal_fd().map_err(Error::Console)?;
+    register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
+    let stdin = Stdin::detect();
+    let _raw = match stdin {
+        Stdin::Tty => Some(console::RawTerminal::enter().map_err(Error::Console)?),
+        _ => None,
+    };
+    let deadline = config.timeout.map(|t| Instant::now() + t);
+    let panicked = Arc::new(AtomicBool::new(false));
+    loop {
+        let vmm = Vmm::build(&kvm, config, panicked.clone())?;
+        let reason = vmm.run(&signals, stdin, deadline);
+        let reason = match reason {
+            // A panicking Linux reboots (panic=-1) or triple-faults.
+            StopReason::Reset | StopReason::Crash(_) if panicked.load(Ordering::Acquire) => {
+                StopReason::Panic
+            }
+            r => r,
+        };
+        if reason == StopReason::Reset && config.on_reboot == RebootPolicy::Restart {
+            log::info!("guest rebooted; starting it again");
+            panicked.store(false, Ordering::Release);
+            continue;
+        }
+        return Ok(reason);
+    }
+}
+
+struct Vmm {
+    // Drop order: vCPUs and the VM before the memory they map.
+    vcpus: Vec<Vcpu>,
+    _vm: Vm,
+    _mem: GuestMemoryMmap,
+    control: Arc<VmControl>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    com1: Arc<Mutex<SerialDevice>>,
+    rx_ready: EventFd,
+    triple_fault: TripleFault,
+}
+
+impl Vmm {
+    fn build(kvm: &Kvm, config: &VmConfig, panicked: Arc<AtomicBool>) -> Result<Self, Error> {
+        let mem = memory::create(config.memory).map_err(Error::Memory)?;
+        let vm = Vm::new(kvm, &mem)?;
+        let kernel = loader::load_kernel(&mem, &config.kernel)?;
+        let initramfs = config
+            .initramfs
+            .as_ref()
+            .map(|p| loader::load_initramfs(&mem, p, &kernel))
+            .transpose()?;
+        let cmdline_size = write_cmdline(&mem, config.effective_cmdline(), &kernel)?;
+        let cr3 = paging::setup(&mem).map_err(Error::BootMemory)?;
+        regs::write_gdt(&mem).map_err(Error::BootMemory)?;
+        let e820 = memory::e820_map(config.memory);
+        let entry = match config.boot {
+            BootProtocol::Linux64 => {
+                let params = boot_params::linux_boot_params(&boot_params::LinuxBoot {
+                    header: kernel.setup_header,
+                    e820: &e820,
+                    cmdline_size,
+                    initramfs,
+                    rsdp: None,
+                })?;
+                boot_params::write_linux(&mem, &params)?;
+                regs::Entry::Linux64(kernel.entry64)
+            }
+            BootProtocol::Pvh => {
+                let entry = pvh_entry(config, &kernel)?;
+                let start_info = boot_params::write_pvh(&mem, &e820, initramfs, None)?;
+                regs::Entry::Pvh { entry, start_info }
+            }
+        };
+
+        let control = Arc::new(VmControl::new().map_err(Error::Console)?);
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
+        vm.register_irqfd(&irq, COM1_IRQ)?;
+        let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
+        let out = SerialOutput::open(&config.serial, panicked)?;
+        let com1 = Arc::new(Mutex::new(SerialDevice::new(
+            "COM1",
+            irq,
+            rx_ready.try_clone().map_err(Error::Console)?,
+            Box::new(out),
+        )));
+        let mut io_bus = Bus::new();
+        io_bus.insert(
+            com1.clone(),
+            u64::from(COM1_PORT),
+            u64::from(UART_PORT_COUNT),
+        )?;
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
+        io_bus.insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_COUNT))?;
+        let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
+        io_bus.insert(debug_exit, u64::from(DEBUG_EXIT_PORT), 1)?;
+        let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
+        io_bus.insert(pm, u64::from(PM1A_EVT_PORT), u64::from(ACPI_PORT_COUNT))?;
+
+        let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for id in 0..config.cpus {
+            let v = Vcpu::new(vm.fd(), id)?;
+            v.configure_common(&cpuid, config.cpus)?;
+            if id == 0 {
+                v.configure_boot(entry, cr3)?;
+            }
+            vcpus.push(v);
+        }
+        let triple_fault = if config.triple_fault_reboots() {
+            TripleFault::Reset
+        } else {
+            TripleFault::Crash
+        };
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _mem: mem,
+            control,
+            io_bus: Arc::new(io_bus),
+            mmio_bus: Arc::new(Bus::new()),
+            com1,
+            rx_ready,
+            triple_fault,
+        })
+    }
+
+    /// Runs the vCPUs until the VM stops; stops and joins every vCPU thread.
+    fn run(mut self, signals: &OwnedFd, stdin: Stdin, deadline: Option<Instant>) -> StopReason {
+        let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
+        for (id, mut vcpu) in self.vcpus.drain(..).enumerate() {
+            let (io, mmio, control) = (
+                self.io_bus.clone(),
+                self.mmio_bus.clone(),
+                self.control.clone(),
+            );
+            let tf = self.triple_fault;
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    vcpu.run(&io, &mmio, &control, tf);
+                    vcpu
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.control.stop(StopReason::HostError(format!(
+                        "cannot start vCPU thread {id}: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+        console::wait(
+            &self.control,
+            &self.com1,
+            &self.rx_ready,
+            signals,
+            stdin,
+            deadline,
+        );
+        stop_threads(threads);
+        if let Err(e) = self
+            .com1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush()
+        {
+            log::warn!("COM1: flushing output failed: {e}");
+        }
+        self.control
+            .reason()
+            .unwrap_or_else(|| StopReason::HostError("the VM stopped without a reason".into()))
+    }
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then
+/// joins it.
+fn stop_threads(threads: Vec<JoinHandle<Vcpu>>) {
+    for t in threads {
+        while !t.is_finished() {
+            // The thread may be just about to enter KVM_RUN when the first
+            // kick arrives; keep kicking until it is out.
+            if let Err(e) = t.kill(kick_signal()) {
+                log::debug!("kicking a vCPU thread failed: {e}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+fn pvh_entry(config: &VmConfig, kernel: &LoadedKernel) -> Result<u64, Error> {
+    kernel.pvh_entry.ok_or_else(|| {
+        let path = match &config.kernel {
+            loader::KernelSource::File(p) => p.clone(),
+            loader::KernelSource::Embedded => "(embedded tiny guest)".into(),
+        };
+        Error::Loader(loader::Error::NoPvhEntry(path))
+    })
+}
+
+/// Writes the command line; returns its size including the NUL.
+fn write_cmdline(mem: &GuestMemoryMmap, text: &str, kernel: &LoadedKernel) -> Result<u32, Error> {
+    // A bzImage states its own limit (without the NUL).
+    let capacity = kernel
+        .setup_header
+        .map(|h| h.cmdline_size as usize + 1)
+        .filter(|&c| c > 1)
+        .unwrap_or(CMDLINE_MAX_SIZE)
+        .min(CMDLINE_MAX_SIZE);
+    if text.contains('\0') {
+        return Err(Error::Cmdline("contains a NUL byte".into()));
+    }
+    if text.len() + 1 > capacity {
+        return Err(Error::Cmdline(format!(
+            "{} bytes is over the kernel's limit of {} bytes",
+            text.len(),
+            capacity - 1
+        )));
+    }
+    let cmdline = Cmdline::try_from(text, capacity).map_err(|e| Error::Cmdline(e.to_string()))?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    Ok(text.len() as u32 + 1)
+}
