@@ -31,6 +31,12 @@ fn rerun_if_changed(dir: &Path) {
     }
 }
 
+/// Report a guest build failure plainly (no build-script backtrace) and stop.
+fn fail(msg: std::fmt::Arguments) -> ! {
+    eprintln!("error: building the tiny guest (guest/) failed: {msg}");
+    std::process::exit(1)
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
@@ -90,20 +96,20 @@ fn main() {
 
     let output = match cmd.output() {
         Ok(output) => output,
-        Err(e) => panic!(
-            "building the tiny guest (guest/): cannot run {}: {e}",
+        Err(e) => fail(format_args!(
+            "cannot run {}: {e}",
             Path::new(&rustc).display()
-        ),
+        )),
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        panic!(
-            "building the tiny guest (guest/) failed: {} exited with {}\ncommand: {:?}\n--- stderr ---\n{}",
+        fail(format_args!(
+            "{} exited with {}\ncommand: {:?}\n--- rustc stderr ---\n{}",
             Path::new(&rustc).display(),
             output.status,
             cmd,
             stderr
-        );
+        ));
     }
     let expected = |l: &str| {
         l.contains("`sse2` must be enabled")

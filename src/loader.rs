@@ -150,6 +150,17 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
     }
     head.truncate(filled);
     let format = detect(path, &head)?;
+    let mem_end = mem.last_addr().0 + 1;
+    if format == Format::Elf {
+        // Say "too big" rather than "truncated" when a segment lies beyond RAM.
+        if let Some(end) = elf_load_end(image).filter(|&end| end > mem_end) {
+            return Err(Error::TooBig {
+                path: path.into(),
+                end,
+                mem: mem_end,
+            });
+        }
+    }
     image
         .seek(SeekFrom::Start(0))
         .map_err(|e| Error::Read(path.into(), e))?;
@@ -158,7 +169,6 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
         Format::BzImage => BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START))),
     }
     .map_err(|e| Error::Invalid(path.into(), format, e))?;
-    let mem_end = mem.last_addr().0 + 1;
     if result.kernel_end > mem_end {
         return Err(Error::TooBig {
             path: path.into(),
@@ -181,6 +191,37 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
         end: result.kernel_end,
         setup_header: result.setup_header,
     })
+}
+
+/// The highest physical address an ELF's loadable segments reach, read
+/// from its program headers; None if they cannot be read (the loader then
+/// reports the damage).
+fn elf_load_end<F: Read + Seek>(image: &mut F) -> Option<u64> {
+    const PT_LOAD: u32 = 1;
+    let mut ehdr = [0u8; 64];
+    image.seek(SeekFrom::Start(0)).ok()?;
+    image.read_exact(&mut ehdr).ok()?;
+    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().ok()?);
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
+    let phnum = u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]);
+    if phentsize < 56 {
+        return None;
+    }
+    let mut end = 0u64;
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        image
+            .seek(SeekFrom::Start(phoff.checked_add(i * phentsize)?))
+            .ok()?;
+        image.read_exact(&mut ph).ok()?;
+        let p_type = u32::from_le_bytes(ph[0..4].try_into().ok()?);
+        let paddr = u64::from_le_bytes(ph[0x18..0x20].try_into().ok()?);
+        let memsz = u64::from_le_bytes(ph[0x28..0x30].try_into().ok()?);
+        if p_type == PT_LOAD && memsz > 0 {
+            end = end.max(paddr.checked_add(memsz)?);
+        }
+    }
+    Some(end)
 }
 
 /// Loads the kernel into guest memory.

@@ -314,8 +314,11 @@ fn write_cmdline(mem: &GuestMemoryMmap, text: &str, kernel: &LoadedKernel) -> Re
         .filter(|&c| c > 1)
         .unwrap_or(CMDLINE_MAX_SIZE)
         .min(CMDLINE_MAX_SIZE);
-    if text.contains('\0') {
-        return Err(Error::Cmdline("contains a NUL byte".into()));
+    // The boot protocol's command line is printable ASCII.
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| !(' '..='~').contains(c)) {
+        return Err(Error::Cmdline(format!(
+            "byte {at} is {c:?}, a non-printable or non-ASCII character"
+        )));
     }
     if text.len() + 1 > capacity {
         return Err(Error::Cmdline(format!(
@@ -328,4 +331,63 @@ fn write_cmdline(mem: &GuestMemoryMmap, text: &str, kernel: &LoadedKernel) -> Re
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(|e| Error::Cmdline(e.to_string()))?;
     Ok(text.len() as u32 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::Format;
+
+    fn elf_kernel() -> LoadedKernel {
+        LoadedKernel {
+            format: Format::Elf,
+            entry64: HIMEM_START,
+            pvh_entry: None,
+            end: HIMEM_START + 0x1000,
+            setup_header: None,
+        }
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated() {
+        use vm_memory::Bytes;
+        let m = mem();
+        assert_eq!(
+            write_cmdline(&m, "console=ttyS0 x", &elf_kernel()).unwrap(),
+            16
+        );
+        let mut buf = [0u8; 16];
+        m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&buf, b"console=ttyS0 x\0");
+    }
+
+    #[test]
+    fn cmdline_with_nul_or_control_bytes_is_rejected() {
+        // argv cannot carry a NUL, but the library can be handed one.
+        for bad in ["a\0b", "tab\there", "caf\u{e9}"] {
+            let e = write_cmdline(&mem(), bad, &elf_kernel()).unwrap_err();
+            assert!(e.to_string().starts_with("--cmdline: byte"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cmdline_limit_follows_the_bzimage_header() {
+        let mut k = elf_kernel();
+        let mut hdr = setup_header_default();
+        hdr.cmdline_size = 255;
+        k.setup_header = Some(hdr);
+        assert!(write_cmdline(&mem(), &"x".repeat(255), &k).is_ok());
+        let e = write_cmdline(&mem(), &"x".repeat(256), &k).unwrap_err();
+        assert!(e.to_string().contains("limit of 255 bytes"), "{e}");
+        assert!(write_cmdline(&mem(), &"x".repeat(2047), &elf_kernel()).is_ok());
+        assert!(write_cmdline(&mem(), &"x".repeat(2048), &elf_kernel()).is_err());
+    }
+
+    fn setup_header_default() -> linux_loader::loader::bootparam::setup_header {
+        Default::default()
+    }
 }

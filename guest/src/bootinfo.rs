@@ -69,11 +69,14 @@ impl BootInfo {
     /// `struct boot_params` (kind 0) or `struct hvm_start_info` (kind 1)
     /// in identity-mapped memory, as the boot protocols promise.
     pub unsafe fn read(addr: u64, kind: u64) -> Self {
-        let empty = Self { ram_bytes: 0, cmdline: &[] };
+        let empty = Self {
+            ram_bytes: 0,
+            cmdline: &[],
+        };
         if addr == 0 {
             return empty;
         }
-        // SAFETY (both arms): the structure layouts are the documented ABI,
+        // SAFETY: (both arms) the structure layouts are the documented ABI,
         // and the pointers inside them come from the VMM (contract).
         unsafe {
             if kind == BOOT_KIND_PVH {
@@ -88,13 +91,19 @@ impl BootInfo {
                         ram = sum_ram(map, n, MEMMAP_ENTRY_SIZE);
                     }
                 }
-                Self { ram_bytes: ram, cmdline: c_string(rd(addr + SI_CMDLINE_PADDR)) }
+                Self {
+                    ram_bytes: ram,
+                    cmdline: c_string(rd(addr + SI_CMDLINE_PADDR)),
+                }
             } else {
                 let n = core::cmp::min(rd::<u8>(addr + BP_E820_ENTRIES) as u64, BP_E820_MAX);
                 let ram = sum_ram(addr + BP_E820_TABLE, n, E820_ENTRY_SIZE);
                 let cmd = rd::<u32>(addr + BP_CMD_LINE_PTR) as u64
                     | (rd::<u32>(addr + BP_EXT_CMD_LINE_PTR) as u64) << 32;
-                Self { ram_bytes: ram, cmdline: c_string(cmd) }
+                Self {
+                    ram_bytes: ram,
+                    cmdline: c_string(cmd),
+                }
             }
         }
     }

@@ -72,7 +72,11 @@ fn write_rule(port: u16, size: u8) -> WriteRule {
         return WriteRule::Never;
     }
     if hits(0xf4) {
-        return if lo == 0xf4 && size > 1 { WriteRule::Any } else { WriteRule::Never };
+        return if lo == 0xf4 && size > 1 {
+            WriteRule::Any
+        } else {
+            WriteRule::Never
+        };
     }
     if hits(0x64) {
         return match (lo == 0x64, size) {
@@ -182,14 +186,30 @@ fn op_mmio(rng: &mut Rng) {
     // memory Rust knows about. The range stays below the APICs.
     unsafe {
         match (size, write) {
-            (1, false) => asm!("mov {v:l}, byte ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
-            (2, false) => asm!("mov {v:x}, word ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
-            (4, false) => asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
-            (_, false) => asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack)),
-            (1, true) => asm!("mov byte ptr [{a}], {v:l}", a = in(reg) addr, v = in(reg) val, options(nostack)),
-            (2, true) => asm!("mov word ptr [{a}], {v:x}", a = in(reg) addr, v = in(reg) val, options(nostack)),
-            (4, true) => asm!("mov dword ptr [{a}], {v:e}", a = in(reg) addr, v = in(reg) val, options(nostack)),
-            (_, true) => asm!("mov qword ptr [{a}], {v}", a = in(reg) addr, v = in(reg) val, options(nostack)),
+            (1, false) => {
+                asm!("mov {v:l}, byte ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack))
+            }
+            (2, false) => {
+                asm!("mov {v:x}, word ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack))
+            }
+            (4, false) => {
+                asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack))
+            }
+            (_, false) => {
+                asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) _, options(nostack))
+            }
+            (1, true) => {
+                asm!("mov byte ptr [{a}], {v:l}", a = in(reg) addr, v = in(reg) val, options(nostack))
+            }
+            (2, true) => {
+                asm!("mov word ptr [{a}], {v:x}", a = in(reg) addr, v = in(reg) val, options(nostack))
+            }
+            (4, true) => {
+                asm!("mov dword ptr [{a}], {v:e}", a = in(reg) addr, v = in(reg) val, options(nostack))
+            }
+            (_, true) => {
+                asm!("mov qword ptr [{a}], {v}", a = in(reg) addr, v = in(reg) val, options(nostack))
+            }
         }
     }
 }

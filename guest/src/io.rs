@@ -4,6 +4,7 @@
 //! the guest never enables interrupts and never touches the local APIC.
 
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 /// COM1 and COM2 16550 base ports.
 pub const COM1: u16 = 0x3f8;
@@ -32,26 +33,34 @@ pub const I8042_CMD: u16 = 0x64;
 #[inline(always)]
 pub fn outb(port: u16, val: u8) {
     // SAFETY: port I/O accesses no memory (see above).
-    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 #[inline(always)]
 pub fn outw(port: u16, val: u16) {
     // SAFETY: port I/O accesses no memory.
-    unsafe { asm!("out dx, ax", in("dx") port, in("ax") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 #[inline(always)]
 pub fn outl(port: u16, val: u32) {
     // SAFETY: port I/O accesses no memory.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: port I/O accesses no memory.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -59,7 +68,9 @@ pub fn inb(port: u16) -> u8 {
 pub fn inw(port: u16) -> u16 {
     let v: u16;
     // SAFETY: port I/O accesses no memory.
-    unsafe { asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -67,7 +78,9 @@ pub fn inw(port: u16) -> u16 {
 pub fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: port I/O accesses no memory.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -81,9 +94,15 @@ pub fn rep_outs(port: u16, size: u8, buf: &[u8]) {
     // entry code does `cld`).
     unsafe {
         match size {
-            1 => asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags)),
-            2 => asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags)),
-            _ => asm!("rep outsd", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags)),
+            1 => {
+                asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags))
+            }
+            2 => {
+                asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags))
+            }
+            _ => {
+                asm!("rep outsd", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(nostack, readonly, preserves_flags))
+            }
         }
     }
 }
@@ -96,9 +115,15 @@ pub fn rep_ins(port: u16, size: u8, buf: &mut [u8]) {
     // mutably and which is valid for that many bytes. DF is clear.
     unsafe {
         match size {
-            1 => asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags)),
-            2 => asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags)),
-            _ => asm!("rep insd", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags)),
+            1 => {
+                asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags))
+            }
+            2 => {
+                asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags))
+            }
+            _ => {
+                asm!("rep insd", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(nostack, preserves_flags))
+            }
         }
     }
 }
@@ -139,16 +164,23 @@ pub fn halt_forever() -> ! {
 }
 
 /// A fixed-size output buffer sent with `rep outsb`: the whole banner usually
-/// leaves in a single string-I/O exit (no LSR polling, like early consoles).
+/// leaves in a single string instruction (no LSR polling, like early
+/// consoles). The buffer is left uninitialized: zeroing 4 KiB would cost a
+/// `rep stosb` of 4096 iterations on an instruction-emulating KVM.
 pub struct BufWriter<const N: usize> {
     port: u16,
+    /// `buf[..len]` is initialized.
     len: usize,
-    buf: [u8; N],
+    buf: MaybeUninit<[u8; N]>,
 }
 
 impl<const N: usize> BufWriter<N> {
     pub fn new(port: u16) -> Self {
-        Self { port, len: 0, buf: [0; N] }
+        Self {
+            port,
+            len: 0,
+            buf: MaybeUninit::uninit(),
+        }
     }
 
     pub fn push(&mut self, mut s: &[u8]) {
@@ -157,7 +189,12 @@ impl<const N: usize> BufWriter<N> {
                 self.flush();
             }
             let n = core::cmp::min(N - self.len, s.len());
-            self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+            // SAFETY: len + n <= N, so the destination is inside `buf`; `s`
+            // cannot alias `buf`, which we borrow mutably.
+            unsafe {
+                let dst = self.buf.as_mut_ptr().cast::<u8>().add(self.len);
+                core::ptr::copy_nonoverlapping(s.as_ptr(), dst, n);
+            }
             self.len += n;
             s = &s[n..];
         }
@@ -165,7 +202,10 @@ impl<const N: usize> BufWriter<N> {
 
     pub fn flush(&mut self) {
         if self.len > 0 {
-            rep_outs(self.port, 1, &self.buf[..self.len]);
+            // SAFETY: buf[..len] was initialized by `push`.
+            let data =
+                unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) };
+            rep_outs(self.port, 1, data);
             self.len = 0;
         }
     }

@@ -137,12 +137,12 @@ fn pagetable() -> ! {
     unsafe {
         asm!(
             "mov rdx, cr3",
-            "and rdx, -4096",       // PML4 physical (== virtual) address
+            "and rdx, -4096", // PML4 physical (== virtual) address
             "mov rdi, rdx",
             "mov ecx, 512",
             "xor eax, eax",
-            "rep stosq",            // zero all 512 PML4 entries
-            "mov cr3, rdx",         // flush the TLB
+            "rep stosq",                // zero all 512 PML4 entries
+            "mov cr3, rdx",             // flush the TLB
             "mov qword ptr [rdx], rax", // touch memory (faults, if the fetch did not)
             "2: jmp 2b",
             options(noreturn, nostack)

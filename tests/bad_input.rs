@@ -1,0 +1,418 @@
+//! Bad invocations and bad input files: each gets one line on stderr that
+//! names the flag or file and the problem, the documented status, and no
+//! panic. Cases that fail before KVM is touched need no /dev/kvm.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// The tiny guest's ELF, as embedded in kvmini (the build puts it here).
+fn tiny_guest_elf() -> Vec<u8> {
+    std::fs::read(concat!(env!("OUT_DIR"), "/kvmini-guest.elf"))
+        .expect("the tiny guest ELF built by build.rs")
+}
+
+/// Asserts a one-line error containing every `needle`, and `status`.
+#[track_caller]
+fn assert_error(r: &Run, status: i32, needles: &[&str]) {
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(status), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "expected exactly one line on stderr, got:\n{}",
+        r.stderr
+    );
+    for n in needles {
+        assert!(r.stderr.contains(n), "stderr lacks {n:?}: {}", r.stderr);
+    }
+    assert!(r.stdout.is_empty(), "nothing should reach stdout");
+}
+
+fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
+    let p = dir.path(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+// ---- flags ----------------------------------------------------------------
+
+#[test]
+fn unknown_flag() {
+    assert_error(&kvmini(&["--frobnicate"]), 2, &["--frobnicate"]);
+}
+
+#[test]
+fn flag_missing_its_value() {
+    assert_error(&kvmini(&["--kernel"]), 2, &["--kernel"]);
+}
+
+#[test]
+fn memory_zero() {
+    assert_error(
+        &kvmini(&["--memory", "0"]),
+        2,
+        &["--memory", "greater than zero"],
+    );
+}
+
+#[test]
+fn memory_garbage() {
+    assert_error(
+        &kvmini(&["--memory", "lots"]),
+        2,
+        &["--memory", "not a size"],
+    );
+}
+
+#[test]
+fn memory_overflowing_u64() {
+    assert_error(
+        &kvmini(&["--memory", "99999999T"]),
+        2,
+        &["--memory", "too large"],
+    );
+}
+
+#[test]
+fn cpus_zero() {
+    assert_error(&kvmini(&["--cpus", "0"]), 2, &["--cpus", "out of range"]);
+}
+
+#[test]
+fn cpus_above_maximum() {
+    assert_error(&kvmini(&["--cpus", "65"]), 2, &["--cpus", "out of range"]);
+}
+
+#[test]
+fn cpus_garbage() {
+    assert_error(&kvmini(&["--cpus", "two"]), 2, &["--cpus", "not a number"]);
+}
+
+#[test]
+fn timeout_garbage() {
+    assert_error(&kvmini(&["--timeout", "soon"]), 2, &["--timeout"]);
+}
+
+#[test]
+fn timeout_unknown_unit() {
+    assert_error(
+        &kvmini(&["--timeout", "5days"]),
+        2,
+        &["--timeout", "unknown unit"],
+    );
+}
+
+#[test]
+fn serial_garbage() {
+    assert_error(
+        &kvmini(&["--serial", "tcp:80"]),
+        2,
+        &["--serial", "not a back end"],
+    );
+}
+
+#[test]
+fn on_reboot_garbage() {
+    assert_error(&kvmini(&["--on-reboot", "explode"]), 2, &["--on-reboot"]);
+}
+
+#[test]
+fn boot_protocol_garbage() {
+    assert_error(&kvmini(&["--boot", "efi"]), 2, &["--boot"]);
+}
+
+// ---- files ----------------------------------------------------------------
+
+#[test]
+fn kernel_missing() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--kernel", "/nonexistent/vmlinux"]);
+    assert_error(
+        &r,
+        2,
+        &[
+            "--kernel /nonexistent/vmlinux",
+            "cannot read",
+            "No such file",
+        ],
+    );
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("kdir");
+    let d = dir.0.display().to_string();
+    assert_error(&kvmini(&["--kernel", &d]), 2, &[&d, "is a directory"]);
+}
+
+#[test]
+fn kernel_empty() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("kempty");
+    let k = write(&dir, "empty", b"");
+    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "empty"]);
+}
+
+#[test]
+fn kernel_random_bytes() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("krandom");
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let bytes: Vec<u8> = (0..65536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let k = write(&dir, "random", &bytes);
+    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "not a kernel image"]);
+}
+
+#[test]
+fn kernel_truncated_elf() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("ktrunc");
+    let elf = tiny_guest_elf();
+    for len in [10, 100, 1000] {
+        let k = write(&dir, &format!("trunc{len}"), &elf[..len]);
+        assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "invalid or truncated"]);
+    }
+}
+
+#[test]
+fn kernel_elf_for_another_architecture() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("karch");
+    let mut elf = tiny_guest_elf();
+    elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    let k = write(&dir, "arm64", &elf);
+    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "another architecture"]);
+}
+
+#[test]
+fn kernel_32_bit_elf() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("k32");
+    let mut elf = tiny_guest_elf();
+    elf[4] = 1; // ELFCLASS32
+    let k = write(&dir, "elf32", &elf);
+    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "32-bit"]);
+}
+
+#[test]
+fn kernel_bzimage_with_corrupted_header() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("kbz");
+    let mut bz = vec![0u8; 0x4000];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x1f1] = 4; // setup_sects
+                   // boot_flag (0x1fe) left zero instead of 0xaa55: corrupt.
+    let k = write(&dir, "bzImage", &bz);
+    assert_error(
+        &kvmini(&["--kernel", &k]),
+        2,
+        &[&k, "invalid or truncated BzImage"],
+    );
+}
+
+#[test]
+fn kernel_that_does_not_fit_in_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("kbig");
+    let mut elf = tiny_guest_elf();
+    // Move the first program header's physical address to 100 MiB.
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    elf[phoff + 0x18..phoff + 0x20].copy_from_slice(&(100u64 << 20).to_le_bytes());
+    let k = write(&dir, "high", &elf);
+    assert_error(
+        &kvmini(&["--kernel", &k, "--memory", "32M"]),
+        2,
+        &[&k, "beyond the guest's", "--memory"],
+    );
+}
+
+#[test]
+fn kernel_entry_below_1m() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("kentry");
+    let mut elf = tiny_guest_elf();
+    elf[0x18..0x20].copy_from_slice(&0x1000u64.to_le_bytes()); // e_entry
+    let k = write(&dir, "lowentry", &elf);
+    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "invalid"]);
+}
+
+#[test]
+fn initramfs_missing() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--initramfs", "/nonexistent/initrd"]);
+    assert_error(&r, 2, &["--initramfs /nonexistent/initrd", "cannot read"]);
+}
+
+#[test]
+fn initramfs_is_a_directory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("idir");
+    let d = dir.0.display().to_string();
+    assert_error(
+        &kvmini(&["--initramfs", &d]),
+        2,
+        &["--initramfs", "is a directory"],
+    );
+}
+
+#[test]
+fn initramfs_larger_than_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("ibig");
+    let p = dir.path("huge.cpio");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(64 << 20).unwrap(); // sparse: costs no disk
+    let i = p.display().to_string();
+    assert_error(
+        &kvmini(&["--initramfs", &i, "--memory", "32M"]),
+        2,
+        &[&i, "do not fit", "--memory"],
+    );
+}
+
+#[test]
+fn memory_more_than_the_host_can_map() {
+    if !kvm_available() {
+        return;
+    }
+    assert_error(
+        &kvmini(&["--memory", "1000T"]),
+        2,
+        &["--memory", "cannot map"],
+    );
+}
+
+#[test]
+fn memory_below_minimum() {
+    if !kvm_available() {
+        return;
+    }
+    assert_error(
+        &kvmini(&["--memory", "1M"]),
+        2,
+        &["--memory", "below the minimum"],
+    );
+}
+
+#[test]
+fn cmdline_over_the_limit() {
+    if !kvm_available() {
+        return;
+    }
+    let long = "x".repeat(3000);
+    assert_error(
+        &kvmini(&["--cmdline", &long]),
+        2,
+        &["--cmdline", "over the kernel's limit"],
+    );
+}
+
+#[test]
+fn cmdline_not_ascii() {
+    if !kvm_available() {
+        return;
+    }
+    assert_error(
+        &kvmini(&["--cmdline", "caf\u{e9}"]),
+        2,
+        &["--cmdline", "non-printable"],
+    );
+}
+
+#[test]
+fn serial_file_in_missing_directory() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--serial", "file=/nonexistent/dir/console.log"]);
+    assert_error(
+        &r,
+        2,
+        &["--serial file=/nonexistent/dir/console.log", "cannot open"],
+    );
+}
+
+#[test]
+fn pvh_requested_for_a_kernel_without_the_note() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("nopvh");
+    let mut elf = tiny_guest_elf();
+    // Turn every PT_NOTE into PT_NULL: the PVH note disappears.
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
+    for i in 0..phnum {
+        let at = phoff + i * 56;
+        if elf[at..at + 4] == 4u32.to_le_bytes() {
+            elf[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        }
+    }
+    let k = write(&dir, "nopvh", &elf);
+    assert_error(
+        &kvmini(&["--kernel", &k, "--boot", "pvh"]),
+        2,
+        &[&k, "no PVH entry"],
+    );
+}
+
+// ---- KVM ------------------------------------------------------------------
+
+/// /dev/kvm replaced by /dev/null in a private mount namespace.
+#[test]
+fn kvm_not_openable_is_status_3() {
+    if !Path::new("/usr/bin/unshare").exists() {
+        panic!("this test needs unshare (util-linux) to hide /dev/kvm in a mount namespace");
+    }
+    let script = format!(
+        "mount --bind /dev/null /dev/kvm 2>/dev/null || touch /dev/kvm && mount --bind /dev/null /dev/kvm; exec {KVMINI}"
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let r: Run = out.into();
+    if r.stderr.contains("unshare failed") || r.stderr.contains("Operation not permitted") {
+        panic!(
+            "cannot create a mount namespace here (needs root): {}",
+            r.stderr
+        );
+    }
+    assert_error(&r, 3, &["/dev/kvm"]);
+}

@@ -1,0 +1,194 @@
+//! The tiny guest in every mode: exact serial transcripts and exit statuses.
+
+mod common;
+use common::*;
+
+#[test]
+fn no_arguments_boots_hello_and_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[]);
+    r.assert_no_panic();
+    assert_eq!(
+        r.stdout_str(),
+        "kvmini tiny guest\nmemory: 128 MiB\ncmdline: hello\n"
+    );
+    assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        "kvmini: guest wrote 0 to the debug-exit port (exit status 0)"
+    );
+}
+
+#[test]
+fn hello_reports_memory_from_e820_and_the_cmdline() {
+    if !kvm_available() {
+        return;
+    }
+    for (mem, mib) in [("32M", 32), ("1G", 1024), ("3G", 3072), ("5G", 5120)] {
+        let r = kvmini(&["--memory", mem, "--cmdline", "hello  two  spaces=x"]);
+        assert_eq!(
+            r.stdout_str(),
+            format!("kvmini tiny guest\nmemory: {mib} MiB\ncmdline: hello  two  spaces=x\n"),
+            "--memory {mem}"
+        );
+        assert_eq!(r.status, Some(0));
+    }
+}
+
+#[test]
+fn exit_n_becomes_the_exit_status() {
+    if !kvm_available() {
+        return;
+    }
+    for n in [0, 1, 3, 42, 200, 255] {
+        let r = kvmini(&["--cmdline", &format!("exit={n}")]);
+        assert_eq!(r.status, Some(n), "exit={n}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+        assert!(r
+            .last_stderr_line()
+            .contains(&format!("guest wrote {n} to the debug-exit port")));
+    }
+}
+
+#[test]
+fn echo_returns_every_byte_until_ctrl_d() {
+    if !kvm_available() {
+        return;
+    }
+    let input = b"hello, guest\r\n\x01\x7f\xff!\x04ignored";
+    let r = kvmini_with_input(&["--cmdline", "echo"], Some(input));
+    let mut want = b"echo ready\n".to_vec();
+    want.extend_from_slice(&input[..input.len() - 8]);
+    assert_eq!(r.stdout, want);
+    assert_eq!(r.status, Some(0));
+}
+
+#[test]
+fn echo_input_larger_than_the_fifo_is_not_dropped() {
+    if !kvm_available() {
+        return;
+    }
+    let mut input: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    input.push(0x04);
+    let r = kvmini_with_input(&["--cmdline", "echo", "--timeout", "120s"], Some(&input));
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert_eq!(&r.stdout[..11], b"echo ready\n");
+    assert_eq!(&r.stdout[11..], &input[..input.len() - 1]);
+}
+
+#[test]
+fn flood_writes_the_exact_pattern() {
+    if !kvm_available() {
+        return;
+    }
+    for (n, seed) in [(1usize, 0u64), (1000, 7), (20000, 12345)] {
+        let r = kvmini(&["--cmdline", &format!("flood={n} seed={seed}")]);
+        assert_eq!(r.status, Some(0));
+        assert!(r.stdout == flood_pattern(n, seed), "flood={n} seed={seed}");
+    }
+}
+
+#[test]
+fn fault_is_a_guest_crash_with_registers() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "fault"]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(4));
+    assert!(r.stderr.contains("rip="), "{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        "kvmini: guest crashed: triple fault on vCPU 0 (exit status 4)"
+    );
+}
+
+#[test]
+fn pagetable_corruption_is_a_guest_crash() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "pagetable", "--timeout", "20s"]);
+    assert_eq!(r.status, Some(4), "{}", r.stderr);
+}
+
+#[test]
+fn spin_is_stopped_by_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let r = kvmini(&["--cmdline", "spin", "--timeout", "500ms"]);
+    assert_eq!(r.status, Some(5));
+    assert_eq!(r.last_stderr_line(), "kvmini: timed out (exit status 5)");
+    // Not a timing assertion: only that it did not run forever.
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn halt_with_interrupts_off_is_stopped_by_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "halt", "--timeout", "500ms"]);
+    assert_eq!(r.status, Some(5), "{}", r.stderr);
+}
+
+#[test]
+fn pvh_entry_boots_the_same_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--boot", "pvh", "--memory", "64M"]);
+    assert_eq!(
+        r.stdout_str(),
+        "kvmini tiny guest\nmemory: 64 MiB\ncmdline: hello\n"
+    );
+    assert_eq!(r.status, Some(0));
+}
+
+#[test]
+fn serial_to_file_and_null() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("serial");
+    let log = dir.path("console.log");
+    let r = kvmini(&["--serial", &format!("file={}", log.display())]);
+    assert_eq!(r.status, Some(0));
+    assert!(r.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "kvmini tiny guest\nmemory: 128 MiB\ncmdline: hello\n"
+    );
+    let r = kvmini(&["--serial", "null", "--cmdline", "exit=9"]);
+    assert_eq!(r.status, Some(9));
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn chaos_seeds_1_to_200_survive() {
+    if !kvm_available() {
+        return;
+    }
+    let seeds: Vec<u32> = (1..=200).collect();
+    std::thread::scope(|s| {
+        for chunk in seeds.chunks(50) {
+            s.spawn(move || {
+                for &seed in chunk {
+                    let r = kvmini(&["--cmdline", &format!("chaos={seed}"), "--timeout", "60s"]);
+                    r.assert_no_panic();
+                    assert_eq!(r.status, Some(0), "chaos={seed}: {}", r.stderr);
+                    let want = format!("\nchaos {seed} done\n");
+                    assert!(
+                        r.stdout.ends_with(want.as_bytes()),
+                        "chaos={seed}: output ends {:?}",
+                        String::from_utf8_lossy(&r.stdout[r.stdout.len().saturating_sub(40)..])
+                    );
+                }
+            });
+        }
+    });
+}
