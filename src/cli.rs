@@ -59,10 +59,63 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     pub cpus: u8,
 
-    /// Where COM1's output goes: stdio, file=PATH or null.
-    /// Example: --serial file=console.log
+    /// COM1's back end: stdio, file=PATH (output only), null, pty (a new
+    /// pseudo-terminal, its path printed on stderr) or socket=PATH (a Unix
+    /// socket server; output made while no client is connected is replayed,
+    /// up to 64 KiB, to the next one).
+    /// Example: --serial socket=/tmp/vm.sock
     #[arg(long, value_name = "BACKEND", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
+
+    /// Adds COM2 (port 0x2f8, IRQ 3, Linux's ttyS1) with this back end; same
+    /// choices as --serial.
+    /// Example: --serial2 file=results.txt
+    #[arg(long, value_name = "BACKEND", value_parser = parse_serial)]
+    pub serial2: Option<SerialBackend>,
+
+    /// Also copy everything COM1 prints into this file.
+    /// Example: --serial-log console.log
+    #[arg(long, value_name = "PATH")]
+    pub serial_log: Option<PathBuf>,
+
+    /// Prefix each line of --serial-log with the seconds since kvmini
+    /// started, e.g. "[   0.012345] ".
+    #[arg(long, requires = "serial_log")]
+    pub serial_timestamps: bool,
+
+    /// End the VM with status 0 as soon as COM1's output matches this
+    /// regular expression (may span lines). May be given several times.
+    /// Example: --until 'ALL TESTS PASSED'
+    #[arg(long, value_name = "REGEX")]
+    pub until: Vec<String>,
+
+    /// End the VM with status 7 as soon as COM1's output matches this
+    /// regular expression. May be given several times.
+    /// Example: --fail-on 'Kernel panic|FAILED'
+    #[arg(long, value_name = "REGEX")]
+    pub fail_on: Vec<String>,
+
+    /// Type the bytes of this file into COM1, as soon as the guest reads
+    /// (or, with --input-after, once the output matches).
+    /// Example: --input commands.txt
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Hold --input back until COM1's output matches this regular
+    /// expression, e.g. a shell prompt.
+    /// Example: --input-after '# $'
+    #[arg(long, value_name = "REGEX", requires = "input")]
+    pub input_after: Option<String>,
+
+    /// Print a boot timeline on stderr at exit: process start, VM ready,
+    /// first guest exit, first serial byte, each POST code written to port
+    /// 0x80, and the end.
+    #[arg(long)]
+    pub boot_trace: bool,
+
+    /// Do not confine kvmini's threads with seccomp filters.
+    #[arg(long)]
+    pub no_seccomp: bool,
 
     /// Stop the guest after this long (status 5). Units: ms, s, m, h; a bare
     /// number is seconds.
@@ -172,18 +225,30 @@ fn parse_cpus(s: &str) -> Result<u8, String> {
     Ok(n as u8)
 }
 
-/// Parses "stdio", "null", "file=PATH".
+/// Parses "stdio", "null", "pty", "file=PATH", "socket=PATH".
 pub fn parse_serial(s: &str) -> Result<SerialBackend, String> {
+    let path = |kind: &str, p: &str| {
+        if p.is_empty() {
+            Err(format!("{kind}= needs a path"))
+        } else {
+            Ok(PathBuf::from(p))
+        }
+    };
     match s {
         "stdio" => Ok(SerialBackend::Stdio),
         "null" => Ok(SerialBackend::Null),
-        _ => match s.strip_prefix("file=") {
-            Some("") => Err("file= needs a path".into()),
-            Some(p) => Ok(SerialBackend::File(PathBuf::from(p))),
-            None => Err(format!(
-                "'{s}' is not a back end (use stdio, file=PATH or null)"
-            )),
-        },
+        "pty" => Ok(SerialBackend::Pty),
+        _ => {
+            if let Some(p) = s.strip_prefix("file=") {
+                path("file", p).map(SerialBackend::File)
+            } else if let Some(p) = s.strip_prefix("socket=") {
+                path("socket", p).map(SerialBackend::Socket)
+            } else {
+                Err(format!(
+                    "'{s}' is not a back end (use stdio, file=PATH, null, pty or socket=PATH)"
+                ))
+            }
+        }
     }
 }
 
@@ -202,6 +267,15 @@ impl Args {
             memory: self.memory,
             cpus: self.cpus,
             serial: self.serial,
+            serial2: self.serial2,
+            serial_log: self.serial_log,
+            serial_timestamps: self.serial_timestamps,
+            until: self.until,
+            fail_on: self.fail_on,
+            input: self.input,
+            input_after: self.input_after,
+            boot_trace: self.boot_trace,
+            seccomp: !self.no_seccomp,
             timeout: self.timeout,
             on_reboot: match self.on_reboot {
                 OnReboot::Exit => RebootPolicy::Exit,
@@ -247,8 +321,32 @@ mod tests {
             "restart",
             "--boot",
             "pvh",
+            "--serial2",
+            "socket=/tmp/s",
+            "--serial-log",
+            "/tmp/log",
+            "--serial-timestamps",
+            "--until",
+            "a",
+            "--until",
+            "b",
+            "--fail-on",
+            "c",
+            "--input",
+            "/tmp/in",
+            "--input-after",
+            "d",
+            "--boot-trace",
+            "--no-seccomp",
         ])
         .unwrap();
+        assert_eq!(c.serial2, Some(SerialBackend::Socket("/tmp/s".into())));
+        assert_eq!(c.serial_log, Some("/tmp/log".into()));
+        assert!(c.serial_timestamps && c.boot_trace && !c.seccomp);
+        assert_eq!(c.until, ["a", "b"]);
+        assert_eq!(c.fail_on, ["c"]);
+        assert_eq!(c.input, Some("/tmp/in".into()));
+        assert_eq!(c.input_after.as_deref(), Some("d"));
         assert_eq!(c.kernel, KernelSource::File("/k".into()));
         assert_eq!(c.initramfs, Some("/i".into()));
         assert_eq!(c.cmdline.as_deref(), Some("a b"));
@@ -308,8 +406,20 @@ mod tests {
     fn serial_backends() {
         assert_eq!(parse_serial("null").unwrap(), SerialBackend::Null);
         assert_eq!(parse_serial("stdio").unwrap(), SerialBackend::Stdio);
+        assert_eq!(parse_serial("pty").unwrap(), SerialBackend::Pty);
+        assert_eq!(
+            parse_serial("socket=/x").unwrap(),
+            SerialBackend::Socket("/x".into())
+        );
         assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("socket=").is_err());
         assert!(parse_serial("tcp:1234").is_err());
+    }
+
+    #[test]
+    fn dependent_flags_need_their_partner() {
+        assert!(parse(&["--serial-timestamps"]).is_err());
+        assert!(parse(&["--input-after", "x"]).is_err());
     }
 
     #[test]

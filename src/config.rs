@@ -25,6 +25,10 @@ pub enum SerialBackend {
     Stdio,
     File(PathBuf),
     Null,
+    /// A new pseudo-terminal; its path is printed on stderr.
+    Pty,
+    /// A Unix stream socket server at this path.
+    Socket(PathBuf),
 }
 
 /// What a guest reboot does.
@@ -47,8 +51,26 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u8,
     pub serial: SerialBackend,
+    /// COM2's back end; no COM2 without one.
+    pub serial2: Option<SerialBackend>,
+    /// A copy of COM1's output.
+    pub serial_log: Option<PathBuf>,
+    /// Prefix each line of the log with the time since start.
+    pub serial_timestamps: bool,
     pub timeout: Option<Duration>,
     pub on_reboot: RebootPolicy,
+    /// Patterns that end the VM with status 0 when COM1 prints them.
+    pub until: Vec<String>,
+    /// Patterns that end the VM with the fail-on status.
+    pub fail_on: Vec<String>,
+    /// Bytes typed into COM1.
+    pub input: Option<PathBuf>,
+    /// Type `input` once COM1's output matches this.
+    pub input_after: Option<String>,
+    /// Print a boot timeline on stderr at exit.
+    pub boot_trace: bool,
+    /// Confine kvmini's threads with seccomp filters.
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -61,8 +83,17 @@ impl Default for VmConfig {
             memory: DEFAULT_MEMORY,
             cpus: 1,
             serial: SerialBackend::Stdio,
+            serial2: None,
+            serial_log: None,
+            serial_timestamps: false,
             timeout: None,
             on_reboot: RebootPolicy::Exit,
+            until: Vec::new(),
+            fail_on: Vec::new(),
+            input: None,
+            input_after: None,
+            boot_trace: false,
+            seccomp: true,
         }
     }
 }

@@ -2,8 +2,6 @@
 //! owns their lifetime. It knows no exit; the vCPU loop and the devices
 //! report how the VM ends through [`VmControl`].
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,10 +13,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::layout::*;
-use crate::arch::x86_64::{boot_params, paging, regs};
+use crate::arch::x86_64::{acpi, boot_params, paging, regs};
 use crate::bus::{Bus, SharedDevice};
+use crate::config::SerialBackend;
 use crate::config::{BootProtocol, RebootPolicy, VmConfig};
-use crate::console::{self, output::SerialOutput, Stdin};
+use crate::console::queue::{OutQueue, QueueWriter};
+use crate::console::watch::PatternWatch;
+use crate::console::{self, Backend, Console, Port, SerialLog, Stdin, Wiring};
 use crate::control::{StopReason, VmControl};
 use crate::devices::{acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, serial::SerialDevice};
 use crate::loader::{self, LoadedKernel};
@@ -44,11 +45,21 @@ pub enum Error {
     #[error("--cpus {0}: this host's KVM supports at most {1} vCPUs")]
     TooManyCpus(u8, usize),
     #[error(transparent)]
-    SerialOutput(#[from] console::output::Error),
+    SerialBackend(#[from] console::backend::Error),
+    #[error("--serial-log {0}: cannot create the file")]
+    SerialLog(std::path::PathBuf, #[source] std::io::Error),
+    #[error("--input {0}: cannot read the file")]
+    Input(std::path::PathBuf, #[source] std::io::Error),
+    #[error("{0} {1:?}: not a valid regular expression")]
+    Pattern(&'static str, String, #[source] regex::Error),
+    #[error("--serial2 stdio: COM1 already uses stdio; give COM2 another back end")]
+    BothStdio,
     #[error("cannot write the boot structures into guest memory")]
     BootMemory(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
     BootParams(#[from] boot_params::Error),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     #[error("cannot set up the VM")]
     Vm(#[from] vm::Error),
     #[error("cannot set up the vCPUs")]
@@ -71,7 +82,11 @@ impl Error {
             | Error::Loader(_)
             | Error::Cmdline(_)
             | Error::TooManyCpus(..)
-            | Error::SerialOutput(_) => BAD_INPUT,
+            | Error::SerialBackend(_)
+            | Error::SerialLog(..)
+            | Error::Input(..)
+            | Error::Pattern(..)
+            | Error::BothStdio => BAD_INPUT,
             _ => INTERNAL_ERROR,
         }
     }
@@ -84,9 +99,66 @@ fn kick_signal() -> i32 {
 
 extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+fn compile(flag: &'static str, patterns: &[String]) -> Result<Vec<regex::bytes::Regex>, Error> {
+    patterns
+        .iter()
+        .map(|p| regex::bytes::Regex::new(p).map_err(|e| Error::Pattern(flag, p.clone(), e)))
+        .collect()
+}
+
+/// Opens the serial back ends, the log and the watchers: everything of the
+/// console that outlives one boot of the guest.
+fn console(
+    config: &VmConfig,
+    signals: std::os::fd::OwnedFd,
+    stdin: Stdin,
+    start: Instant,
+) -> Result<Console, Error> {
+    let until = compile("--until", &config.until)?;
+    let fail_on = compile("--fail-on", &config.fail_on)?;
+    let input_after = compile("--input-after", config.input_after.as_slice())?
+        .into_iter()
+        .next();
+    let input = config
+        .input
+        .as_ref()
+        .map(|p| std::fs::read(p).map_err(|e| Error::Input(p.clone(), e)))
+        .transpose()?;
+    let log = config
+        .serial_log
+        .as_ref()
+        .map(|p| {
+            SerialLog::create(p, config.serial_timestamps.then_some(start))
+                .map_err(|e| Error::SerialLog(p.clone(), e))
+        })
+        .transpose()?;
+    let mut ports = vec![Port::new(
+        "COM1",
+        Backend::open(&config.serial, "--serial")?,
+        log,
+    )];
+    if let Some(b) = &config.serial2 {
+        if *b == SerialBackend::Stdio && config.serial == SerialBackend::Stdio {
+            return Err(Error::BothStdio);
+        }
+        ports.push(Port::new("COM2", Backend::open(b, "--serial2")?, None));
+    }
+    let has_input_after = input_after.is_some();
+    Ok(Console::new(
+        ports,
+        stdin,
+        signals,
+        config.timeout.map(|t| start + t),
+        PatternWatch::new(until, fail_on, input_after),
+        input,
+        has_input_after,
+    ))
+}
+
 /// Runs the VM described by `config` until it ends, rebooting it in place
 /// if the config says so. Returns why it ended.
 pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
+    let start = Instant::now();
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
@@ -105,25 +177,23 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     register_signal_handler(kick_signal(), noop_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
+    let mut console = console(config, signals, stdin, start)?;
+    let uses_stdin = console.ports.iter().any(|p| p.is_stdio());
     let _raw = match stdin {
-        Stdin::Tty => Some(console::RawTerminal::enter().map_err(Error::Console)?),
+        Stdin::Tty if uses_stdin => Some(console::RawTerminal::enter().map_err(Error::Console)?),
         _ => None,
     };
-    let deadline = config.timeout.map(|t| Instant::now() + t);
-    let panicked = Arc::new(AtomicBool::new(false));
     loop {
-        let vmm = Vmm::build(&kvm, config, panicked.clone())?;
-        let reason = vmm.run(&signals, stdin, deadline);
+        let vmm = Vmm::build(&kvm, config, console.ports.len())?;
+        let reason = vmm.run(&mut console);
         let reason = match reason {
             // A panicking Linux reboots (panic=-1) or triple-faults.
-            StopReason::Reset | StopReason::Crash(_) if panicked.load(Ordering::Acquire) => {
-                StopReason::Panic
-            }
+            StopReason::Reset | StopReason::Crash(_) if console.panicked() => StopReason::Panic,
             r => r,
         };
         if reason == StopReason::Reset && config.on_reboot == RebootPolicy::Restart {
             log::info!("guest rebooted; starting it again");
-            panicked.store(false, Ordering::Release);
+            console.rebooted();
             continue;
         }
         return Ok(reason);
@@ -138,13 +208,12 @@ struct Vmm {
     control: Arc<VmControl>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
-    com1: Arc<Mutex<SerialDevice>>,
-    rx_ready: EventFd,
+    wiring: Vec<Wiring>,
     triple_fault: TripleFault,
 }
 
 impl Vmm {
-    fn build(kvm: &Kvm, config: &VmConfig, panicked: Arc<AtomicBool>) -> Result<Self, Error> {
+    fn build(kvm: &Kvm, config: &VmConfig, ports: usize) -> Result<Self, Error> {
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
         let vm = Vm::new(kvm, &mem)?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
@@ -156,6 +225,7 @@ impl Vmm {
         let cmdline_size = write_cmdline(&mem, config.effective_cmdline(), &kernel)?;
         let cr3 = paging::setup(&mem).map_err(Error::BootMemory)?;
         regs::write_gdt(&mem).map_err(Error::BootMemory)?;
+        let rsdp = acpi::write_tables(&mem, config.cpus)?;
         let e820 = memory::e820_map(config.memory);
         let entry = match config.boot {
             BootProtocol::Linux64 => {
@@ -164,35 +234,33 @@ impl Vmm {
                     e820: &e820,
                     cmdline_size,
                     initramfs,
-                    rsdp: None,
+                    rsdp: Some(rsdp),
                 })?;
                 boot_params::write_linux(&mem, &params)?;
                 regs::Entry::Linux64(kernel.entry64)
             }
             BootProtocol::Pvh => {
                 let entry = pvh_entry(config, &kernel)?;
-                let start_info = boot_params::write_pvh(&mem, &e820, initramfs, None)?;
+                let start_info = boot_params::write_pvh(&mem, &e820, initramfs, Some(rsdp))?;
                 regs::Entry::Pvh { entry, start_info }
             }
         };
 
         let control = Arc::new(VmControl::new().map_err(Error::Console)?);
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
-        vm.register_irqfd(&irq, COM1_IRQ)?;
-        let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
-        let out = SerialOutput::open(&config.serial, panicked)?;
-        let com1 = Arc::new(Mutex::new(SerialDevice::new(
-            "COM1",
-            irq,
-            rx_ready.try_clone().map_err(Error::Console)?,
-            Box::new(out),
-        )));
         let mut io_bus = Bus::new();
-        io_bus.insert(
-            com1.clone(),
-            u64::from(COM1_PORT),
-            u64::from(UART_PORT_COUNT),
-        )?;
+        let mut wiring = Vec::with_capacity(ports);
+        for (name, port, irq) in [("COM1", COM1_PORT, COM1_IRQ), ("COM2", COM2_PORT, COM2_IRQ)]
+            .into_iter()
+            .take(ports)
+        {
+            let w = serial_port(&vm, name, irq)?;
+            io_bus.insert(
+                w.device.clone(),
+                u64::from(port),
+                u64::from(UART_PORT_COUNT),
+            )?;
+            wiring.push(w);
+        }
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
         io_bus.insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_COUNT))?;
         let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
@@ -222,14 +290,13 @@ impl Vmm {
             control,
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(Bus::new()),
-            com1,
-            rx_ready,
+            wiring,
             triple_fault,
         })
     }
 
     /// Runs the vCPUs until the VM stops; stops and joins every vCPU thread.
-    fn run(mut self, signals: &OwnedFd, stdin: Stdin, deadline: Option<Instant>) -> StopReason {
+    fn run(mut self, console: &mut Console) -> StopReason {
         let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
         for (id, mut vcpu) in self.vcpus.drain(..).enumerate() {
             let (io, mmio, control) = (
@@ -254,27 +321,37 @@ impl Vmm {
                 }
             }
         }
-        console::wait(
-            &self.control,
-            &self.com1,
-            &self.rx_ready,
-            signals,
-            stdin,
-            deadline,
-        );
-        stop_threads(threads);
-        if let Err(e) = self
-            .com1
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .flush()
-        {
-            log::warn!("COM1: flushing output failed: {e}");
+        console.run(&self.control, &self.wiring);
+        // A vCPU may be waiting for room in a full output queue: close the
+        // queues while kicking, then deliver what they hold.
+        for w in &self.wiring {
+            w.queue.close();
         }
+        stop_threads(threads);
+        console.finish(&self.control, &self.wiring);
         self.control
             .reason()
             .unwrap_or_else(|| StopReason::HostError("the VM stopped without a reason".into()))
     }
+}
+
+/// A 16550 wired to `irq`, writing into a fresh output queue.
+fn serial_port(vm: &Vm, name: &'static str, irq: u32) -> Result<Wiring, Error> {
+    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
+    vm.register_irqfd(&irq_evt, irq)?;
+    let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
+    let queue = Arc::new(OutQueue::new().map_err(Error::Console)?);
+    let device = Arc::new(Mutex::new(SerialDevice::new(
+        name,
+        irq_evt,
+        rx_ready.try_clone().map_err(Error::Console)?,
+        Box::new(QueueWriter(queue.clone())),
+    )));
+    Ok(Wiring {
+        device,
+        queue,
+        rx_ready,
+    })
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then

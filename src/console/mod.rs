@@ -1,8 +1,12 @@
-//! The console: the host terminal and standard input on one side, the
-//! guest's COM1 on the other, and the main thread's wait for the VM to end.
+//! The console thread (kvmini's main thread while a guest runs): serial
+//! output from the vCPUs to the back ends, the log and the watchers; input
+//! from stdin, ptys and sockets into the UARTs; signals and the timeout.
 
-pub mod output;
+pub mod backend;
+mod log_file;
+pub mod queue;
 mod terminal;
+pub mod watch;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -13,7 +17,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{StopReason, VmControl};
 use crate::devices::serial::SerialDevice;
+pub use backend::Backend;
+pub use log_file::SerialLog;
+use queue::OutQueue;
 pub use terminal::{restore_terminal, RawTerminal};
+use watch::{Event, FixedWatch, PatternWatch, PANIC_BANNER};
 
 /// Ctrl-A: the console escape key.
 const ESCAPE: u8 = 0x01;
@@ -77,29 +85,68 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
     // SAFETY: signalfd_siginfo is plain data.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    let ptr = (&mut info as *mut libc::signalfd_siginfo).cast();
     // SAFETY: reads at most `size` bytes into `info`.
-    let n = unsafe {
-        libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            size,
-        )
-    };
+    let n = unsafe { libc::read(fd.as_raw_fd(), ptr, size) };
     (n as usize == size).then_some(info.ssi_signo as i32)
 }
 
-/// Forwards standard input into a serial device, honouring its FIFO.
-struct InputFeed {
-    kind: Stdin,
-    pending: Vec<u8>,
-    eof: bool,
-    escape: bool,
+fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads at most buf.len() bytes into buf from fd 0.
+    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
-impl InputFeed {
+/// One serial port as the console sees it, for the life of kvmini (it
+/// survives guest reboots).
+pub struct Port {
+    pub name: &'static str,
+    backend: Backend,
+    log: Option<SerialLog>,
+    /// Input read but not yet taken by the guest's FIFO.
+    pending: Vec<u8>,
+    stdin_eof: bool,
+    escape: bool,
+    output_failed: bool,
+}
+
+impl Port {
+    pub fn new(name: &'static str, backend: Backend, log: Option<SerialLog>) -> Self {
+        Self {
+            name,
+            backend,
+            log,
+            pending: Vec::new(),
+            stdin_eof: false,
+            escape: false,
+            output_failed: false,
+        }
+    }
+
+    /// True if this port's back end is stdin/stdout.
+    pub fn is_stdio(&self) -> bool {
+        self.backend.is_stdio()
+    }
+
+    fn output(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.backend.write(bytes) {
+            if !self.output_failed {
+                log::warn!("{}: output lost: {e}", self.name);
+                self.output_failed = true;
+            }
+        }
+        if let Some(l) = self.log.as_mut() {
+            l.write(bytes);
+        }
+    }
+
     /// Turns raw terminal bytes into guest bytes; Ctrl-A x quits.
-    fn filter(&mut self, bytes: &[u8], control: &VmControl) {
-        if self.kind != Stdin::Tty {
+    fn typed(&mut self, bytes: &[u8], tty: bool, control: &VmControl) {
+        if !tty {
             self.pending.extend_from_slice(bytes);
             return;
         }
@@ -109,10 +156,7 @@ impl InputFeed {
                 match b {
                     b'x' | b'X' => control.stop(StopReason::ConsoleQuit),
                     ESCAPE => self.pending.push(ESCAPE),
-                    other => {
-                        self.pending.push(ESCAPE);
-                        self.pending.push(other);
-                    }
+                    other => self.pending.extend_from_slice(&[ESCAPE, other]),
                 }
             } else if b == ESCAPE {
                 self.escape = true;
@@ -123,111 +167,250 @@ impl InputFeed {
     }
 }
 
-/// Waits for the VM to stop, forwarding input meanwhile. Returns when
-/// `control` says the VM is stopping; stops it on a signal or the deadline.
-pub fn wait(
-    control: &VmControl,
-    serial: &Arc<Mutex<SerialDevice>>,
-    rx_ready: &EventFd,
-    signals: &OwnedFd,
+/// The per-boot connection of a [`Port`] to its UART.
+pub struct Wiring {
+    pub device: Arc<Mutex<SerialDevice>>,
+    pub queue: Arc<OutQueue>,
+    pub rx_ready: EventFd,
+}
+
+/// Everything the console thread watches.
+pub struct Console {
+    /// COM1 first.
+    pub ports: Vec<Port>,
     stdin: Stdin,
+    signals: OwnedFd,
     deadline: Option<Instant>,
-) {
-    let mut feed = (stdin != Stdin::Closed).then_some(InputFeed {
-        kind: stdin,
-        pending: Vec::new(),
-        eof: false,
-        escape: false,
-    });
-    let mut buf = [0u8; 256];
-    while !control.is_stopping() {
-        // Offer queued input to the guest.
-        if let Some(f) = feed.as_mut().filter(|f| !f.pending.is_empty()) {
-            let taken = serial
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .enqueue(&f.pending);
-            f.pending.drain(..taken);
-        }
-        let want_stdin = feed
-            .as_ref()
-            .is_some_and(|f| f.pending.is_empty() && !f.eof);
-        let mut fds = vec![
-            poll_fd(control.eventfd().as_raw_fd()),
-            poll_fd(signals.as_raw_fd()),
-            poll_fd(rx_ready.as_raw_fd()),
-        ];
-        if want_stdin {
-            fds.push(poll_fd(0));
-        }
-        let timeout_ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    control.stop(StopReason::Timeout);
-                    break;
-                }
-                left.as_millis().clamp(1, i32::MAX as u128) as i32
-            }
+    patterns: PatternWatch,
+    panic_watch: FixedWatch,
+    panicked: bool,
+    /// `--input` bytes held back until `--input-after` matches.
+    deferred_input: Option<Vec<u8>>,
+}
+
+/// What the poll set's entries are.
+#[derive(Clone, Copy)]
+enum Source {
+    Stop,
+    Signal,
+    Output(usize),
+    RxReady(usize),
+    Input(usize),
+    Listen(usize),
+}
+
+impl Console {
+    pub fn new(
+        ports: Vec<Port>,
+        stdin: Stdin,
+        signals: OwnedFd,
+        deadline: Option<Instant>,
+        patterns: PatternWatch,
+        input: Option<Vec<u8>>,
+        input_after: bool,
+    ) -> Self {
+        let mut console = Self {
+            ports,
+            stdin,
+            signals,
+            deadline,
+            patterns,
+            panic_watch: FixedWatch::new(PANIC_BANNER),
+            panicked: false,
+            deferred_input: None,
         };
-        // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        match (input, input_after) {
+            (Some(bytes), true) => console.deferred_input = Some(bytes),
+            (Some(bytes), false) => console.ports[0].pending = bytes,
+            (None, _) => {}
+        }
+        console
+    }
+
+    /// True once COM1 showed the Linux panic banner during this boot.
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
+
+    /// Called when the guest boots again in place.
+    pub fn rebooted(&mut self) {
+        self.panicked = false;
+    }
+
+    fn wants_input(&self, i: usize) -> bool {
+        let p = &self.ports[i];
+        p.pending.is_empty()
+            && if p.backend.is_stdio() {
+                self.stdin != Stdin::Closed && !p.stdin_eof
+            } else {
+                p.backend.input_fd().is_some()
             }
-            control.stop(StopReason::HostError(format!("poll failed: {e}")));
-            break;
+    }
+
+    fn input_fd(&self, i: usize) -> Option<RawFd> {
+        if self.ports[i].backend.is_stdio() {
+            Some(0)
+        } else {
+            self.ports[i].backend.input_fd()
         }
-        if fds[1].revents != 0 {
-            if let Some(sig) = read_signal(signals) {
-                control.stop(StopReason::Signal(sig));
-                break;
-            }
+    }
+
+    /// Moves output from port `i`'s queue to its back end and watchers.
+    fn pump_output(&mut self, i: usize, w: &Wiring, control: &VmControl, buf: &mut Vec<u8>) {
+        w.queue.drain(buf);
+        if buf.is_empty() {
+            return;
         }
-        if fds[2].revents != 0 {
-            // The guest emptied its FIFO: the loop top refills it.
-            let _ = rx_ready.read();
+        self.ports[i].output(buf);
+        if i != 0 {
+            return;
         }
-        if want_stdin && fds[3].revents != 0 {
-            if let Some(f) = feed.as_mut() {
-                let room = serial
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .fifo_room()
-                    .max(1);
-                let len = room.min(buf.len());
-                match read_stdin(&mut buf[..len]) {
-                    Ok(0) => f.eof = true,
-                    Ok(n) => f.filter(&buf[..n], control),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        log::debug!("stdin: {e}; no more input");
-                        f.eof = true;
+        if self.panic_watch.feed(buf) {
+            self.panicked = true;
+        }
+        for event in self.patterns.feed(buf) {
+            match event {
+                Event::FailOn(p) => control.stop(StopReason::FailOn(p)),
+                Event::Until(p) => control.stop(StopReason::Until(p)),
+                Event::InputAfter => {
+                    if let Some(bytes) = self.deferred_input.take() {
+                        self.ports[0].pending.extend_from_slice(&bytes);
                     }
                 }
             }
         }
     }
-}
 
-fn poll_fd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+    fn read_input(&mut self, i: usize, w: &Wiring, control: &VmControl) {
+        let mut buf = [0u8; 256];
+        let room = w
+            .device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fifo_room()
+            .clamp(1, buf.len());
+        let tty = self.stdin == Stdin::Tty;
+        let port = &mut self.ports[i];
+        if port.backend.is_stdio() {
+            match read_stdin(&mut buf[..room]) {
+                Ok(0) => port.stdin_eof = true,
+                Ok(n) => port.typed(&buf[..n], tty, control),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("stdin: {e}; no more input");
+                    port.stdin_eof = true;
+                }
+            }
+        } else {
+            let n = port.backend.read_input(&mut buf[..room]);
+            port.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Runs until `control` says the VM is stopping (stopping it on a
+    /// signal or the deadline), then drains the remaining output.
+    pub fn run(&mut self, control: &VmControl, wiring: &[Wiring]) {
+        let mut buf = Vec::with_capacity(queue::QUEUE_LIMIT);
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut sources: Vec<Source> = Vec::new();
+        while !control.is_stopping() {
+            // Offer queued input to the guests.
+            for (port, w) in self.ports.iter_mut().zip(wiring) {
+                if !port.pending.is_empty() {
+                    let taken = w
+                        .device
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .enqueue(&port.pending);
+                    port.pending.drain(..taken);
+                }
+            }
+            fds.clear();
+            sources.clear();
+            let mut add = |fd: RawFd, s: Source| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                sources.push(s);
+            };
+            add(control.eventfd().as_raw_fd(), Source::Stop);
+            add(self.signals.as_raw_fd(), Source::Signal);
+            for (i, w) in wiring.iter().enumerate() {
+                add(w.queue.eventfd().as_raw_fd(), Source::Output(i));
+                add(w.rx_ready.as_raw_fd(), Source::RxReady(i));
+                if self.wants_input(i) {
+                    if let Some(fd) = self.input_fd(i) {
+                        add(fd, Source::Input(i));
+                    }
+                }
+                if let Some(fd) = self.ports[i].backend.listen_fd() {
+                    add(fd, Source::Listen(i));
+                }
+            }
+            let timeout_ms = match self.deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        control.stop(StopReason::Timeout);
+                        break;
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as i32
+                }
+            };
+            // SAFETY: fds is a valid array of pollfd for the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    control.stop(StopReason::HostError(format!("poll failed: {e}")));
+                }
+                continue;
+            }
+            for k in 0..fds.len() {
+                if fds[k].revents == 0 {
+                    continue;
+                }
+                match sources[k] {
+                    Source::Stop => {}
+                    Source::Signal => {
+                        if let Some(sig) = read_signal(&self.signals) {
+                            control.stop(StopReason::Signal(sig));
+                        }
+                    }
+                    Source::Output(i) => self.pump_output(i, &wiring[i], control, &mut buf),
+                    Source::RxReady(i) => {
+                        let _ = wiring[i].rx_ready.read();
+                    }
+                    Source::Input(i) => self.read_input(i, &wiring[i], control),
+                    Source::Listen(i) => self.ports[i].backend.accept(),
+                }
+            }
+        }
+    }
+
+    /// After the vCPUs stopped: delivers every byte they produced.
+    pub fn finish(&mut self, control: &VmControl, wiring: &[Wiring]) {
+        let mut buf = Vec::new();
+        for (i, w) in wiring.iter().enumerate() {
+            self.pump_output(i, w, control, &mut buf);
+            w.queue.close();
+        }
+        for p in &mut self.ports {
+            if let Some(l) = p.log.as_mut() {
+                l.flush();
+            }
+        }
     }
 }
 
-fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reads at most buf.len() bytes into buf from fd 0.
-    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+impl Drop for Console {
+    fn drop(&mut self) {
+        for p in &self.ports {
+            p.backend.cleanup();
+        }
     }
 }

@@ -74,11 +74,6 @@ impl SerialDevice {
             }
         }
     }
-
-    /// Flushes the output writer.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.uart.writer_mut().flush()
-    }
 }
 
 impl BusDevice for SerialDevice {

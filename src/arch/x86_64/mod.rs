@@ -1,5 +1,6 @@
 //! x86_64: memory layout, boot structures and vCPU register state.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;

@@ -1,0 +1,330 @@
+//! Serial back ends: where a port's output goes and where its input comes
+//! from. All of this runs on the console thread, never on a vCPU.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::config::SerialBackend;
+
+/// Output kept for the next client while no socket client is connected.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Errors opening a back end; each names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{flag} file={path}: cannot open the file for writing")]
+    Open {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{flag} stdio: cannot use standard output")]
+    Stdout {
+        flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{flag} pty: cannot create a pseudo-terminal")]
+    Pty {
+        flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{flag} socket={path}: cannot listen on the socket")]
+    Socket {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub enum Backend {
+    Stdio(File),
+    File(File),
+    Null,
+    Pty {
+        master: File,
+        /// Held open so the master never sees a hang-up between clients.
+        _slave: OwnedFd,
+    },
+    Socket {
+        listener: UnixListener,
+        path: PathBuf,
+        client: Option<UnixStream>,
+        replay: VecDeque<u8>,
+    },
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Creates a pseudo-terminal in raw mode; returns master, slave and path.
+fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
+    // SAFETY: posix_openpt returns a new descriptor or -1.
+    let master =
+        cvt(unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    // SAFETY: master is a descriptor nobody else owns.
+    let master = unsafe { File::from_raw_fd(master) };
+    // SAFETY: valid pty master descriptor.
+    cvt(unsafe { libc::grantpt(master.as_raw_fd()) })?;
+    // SAFETY: valid pty master descriptor.
+    cvt(unsafe { libc::unlockpt(master.as_raw_fd()) })?;
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe { libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: ptsname_r NUL-terminated the buffer.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let cpath = std::ffi::CString::new(path.clone()).map_err(io::Error::other)?;
+    // SAFETY: a valid C string; a new descriptor or -1.
+    let slave = cvt(unsafe {
+        libc::open(
+            cpath.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: slave is a descriptor nobody else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    // Raw mode, so the guest's bytes pass unchanged both ways.
+    // SAFETY: termios is plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and termios pointer.
+    cvt(unsafe { libc::tcgetattr(slave.as_raw_fd(), &mut t) })?;
+    // SAFETY: t is a valid termios.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: valid descriptor and termios pointer.
+    cvt(unsafe { libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t) })?;
+    set_nonblocking(master.as_raw_fd())?;
+    Ok((master, slave, PathBuf::from(path)))
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+impl Backend {
+    /// Opens `cfg` for the port behind `flag` (e.g. "--serial").
+    pub fn open(cfg: &SerialBackend, flag: &'static str) -> Result<Self, Error> {
+        Ok(match cfg {
+            SerialBackend::Stdio => Backend::Stdio(File::from(
+                io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| Error::Stdout { flag, source })?,
+            )),
+            SerialBackend::File(path) => {
+                Backend::File(File::create(path).map_err(|source| Error::Open {
+                    flag,
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+            SerialBackend::Null => Backend::Null,
+            SerialBackend::Pty => {
+                let (master, slave, path) =
+                    open_pty().map_err(|source| Error::Pty { flag, source })?;
+                // The one place kvmini talks to the user directly: the pty's
+                // name is what they need to attach.
+                eprintln!("kvmini: {flag} is on {}", path.display());
+                Backend::Pty {
+                    master,
+                    _slave: slave,
+                }
+            }
+            SerialBackend::Socket(path) => {
+                let err = |source| Error::Socket {
+                    flag,
+                    path: path.clone(),
+                    source,
+                };
+                // A stale socket from an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path)
+                    .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                    .unwrap_or(false)
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                let listener = UnixListener::bind(path).map_err(err)?;
+                listener.set_nonblocking(true).map_err(err)?;
+                Backend::Socket {
+                    listener,
+                    path: path.clone(),
+                    client: None,
+                    replay: VecDeque::new(),
+                }
+            }
+        })
+    }
+
+    /// Sends guest output on its way. Failures drop the output (the guest
+    /// keeps running) and are reported by the caller once.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Backend::Stdio(f) | Backend::File(f) => f.write_all(bytes),
+            Backend::Null => Ok(()),
+            Backend::Pty { master, .. } => match master.write(bytes) {
+                // Nobody is reading and the pty buffer is full: drop.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) => Err(e),
+                Ok(_) => Ok(()),
+            },
+            Backend::Socket { client, replay, .. } => {
+                if let Some(c) = client {
+                    if c.write_all(bytes).is_ok() {
+                        return Ok(());
+                    }
+                    log::info!("serial socket client went away");
+                    *client = None;
+                }
+                replay.extend(bytes);
+                let excess = replay.len().saturating_sub(REPLAY_LIMIT);
+                replay.drain(..excess);
+                Ok(())
+            }
+        }
+    }
+
+    /// The descriptor to poll for input, if this back end has input of its
+    /// own (stdio input is handled by the console, from fd 0).
+    pub fn input_fd(&self) -> Option<RawFd> {
+        match self {
+            Backend::Pty { master, .. } => Some(master.as_raw_fd()),
+            Backend::Socket {
+                client: Some(c), ..
+            } => Some(c.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// The descriptor to poll for a new client, if one is awaited.
+    pub fn listen_fd(&self) -> Option<RawFd> {
+        match self {
+            Backend::Socket {
+                listener,
+                client: None,
+                ..
+            } => Some(listener.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Accepts a waiting client and replays what it missed.
+    pub fn accept(&mut self) {
+        if let Backend::Socket {
+            listener,
+            client,
+            replay,
+            ..
+        } = self
+        {
+            if let Ok((mut c, _)) = listener.accept() {
+                log::info!("serial socket client connected");
+                let _ = c.set_nonblocking(false);
+                let (a, b) = replay.as_slices();
+                if c.write_all(a).and_then(|_| c.write_all(b)).is_ok() {
+                    replay.clear();
+                    *client = Some(c);
+                }
+            }
+        }
+    }
+
+    /// Reads input from the back end's own input. Ok(0) means "nothing now"
+    /// (a socket client that left is dropped; a pty waits for the next).
+    pub fn read_input(&mut self, buf: &mut [u8]) -> usize {
+        match self {
+            Backend::Pty { master, .. } => master.read(buf).unwrap_or(0),
+            Backend::Socket { client, .. } => {
+                let n = client.as_mut().map(|c| c.read(buf));
+                match n {
+                    Some(Ok(n)) if n > 0 => n,
+                    Some(_) => {
+                        log::info!("serial socket client disconnected");
+                        *client = None;
+                        0
+                    }
+                    None => 0,
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn is_stdio(&self) -> bool {
+        matches!(self, Backend::Stdio(_))
+    }
+
+    /// Removes the socket file, if any.
+    pub fn cleanup(&self) {
+        if let Backend::Socket { path, .. } = self {
+            remove_socket(path);
+        }
+    }
+}
+
+fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_replays_output_to_the_next_client() {
+        let dir = std::env::temp_dir().join(format!("kvmini-sock-{}", std::process::id()));
+        let mut b = Backend::open(&SerialBackend::Socket(dir.clone()), "--serial").unwrap();
+        b.write(b"early ").unwrap();
+        assert!(b.listen_fd().is_some());
+        let mut c = UnixStream::connect(&dir).unwrap();
+        b.accept();
+        assert!(b.listen_fd().is_none());
+        b.write(b"live").unwrap();
+        let mut got = [0u8; 10];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"early live");
+        drop(c);
+        // The departed client is noticed on input or output.
+        let mut buf = [0u8; 8];
+        assert_eq!(b.read_input(&mut buf), 0);
+        b.write(b"again").unwrap();
+        let mut c2 = UnixStream::connect(&dir).unwrap();
+        b.accept();
+        let mut got = [0u8; 5];
+        c2.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"again");
+        b.cleanup();
+    }
+
+    #[test]
+    fn replay_is_bounded() {
+        let dir = std::env::temp_dir().join(format!("kvmini-sockb-{}", std::process::id()));
+        let mut b = Backend::open(&SerialBackend::Socket(dir), "--serial").unwrap();
+        for _ in 0..100 {
+            b.write(&[b'x'; 4096]).unwrap();
+        }
+        if let Backend::Socket { replay, .. } = &b {
+            assert_eq!(replay.len(), REPLAY_LIMIT);
+        }
+        b.cleanup();
+    }
+}
