@@ -12,11 +12,13 @@ pub mod control;
 pub mod devices;
 pub mod loader;
 pub mod memory;
+pub mod seccomp;
 pub mod status;
+pub mod trace;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;
 
 pub use config::VmConfig;
 pub use control::StopReason;
-pub use vmm::{run, Error};
+pub use vmm::{run, Error, Outcome};

@@ -43,7 +43,11 @@ fn main() -> ExitCode {
 
     let config = args.into_config();
     match kvmini::run(&config) {
-        Ok(reason) => {
+        Ok(outcome) => {
+            let reason = outcome.reason;
+            if let Some(trace) = outcome.boot_trace {
+                eprint!("{trace}");
+            }
             if let kvmini::StopReason::Crash(detail) = &reason {
                 // The register dump follows the first line.
                 for line in detail.lines().skip(1) {

@@ -21,11 +21,16 @@ use crate::console::queue::{OutQueue, QueueWriter};
 use crate::console::watch::PatternWatch;
 use crate::console::{self, Backend, Console, Port, SerialLog, Stdin, Wiring};
 use crate::control::{StopReason, VmControl};
-use crate::devices::{acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, serial::SerialDevice};
+use crate::devices::{
+    acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
+};
 use crate::loader::{self, LoadedKernel};
 use crate::memory;
+use crate::seccomp;
+use crate::trace::BootTrace;
 use crate::vcpu::{self, exit::TripleFault, Vcpu};
 use crate::vm::{self, Vm};
+use seccompiler::BpfProgram;
 
 /// Errors before the guest runs. Each maps to an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,8 @@ pub enum Error {
     Console(#[source] std::io::Error),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
 }
 
 impl Error {
@@ -155,11 +162,31 @@ fn console(
     ))
 }
 
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub reason: StopReason,
+    /// The `--boot-trace` timeline, if asked for.
+    pub boot_trace: Option<String>,
+}
+
+/// What every boot of one run shares besides the console.
+struct Shared {
+    trace: Option<Arc<BootTrace>>,
+    vcpu_filter: Option<Arc<BpfProgram>>,
+    /// Installed on the console thread once the first vCPUs run.
+    console_filter: Option<BpfProgram>,
+}
+
 /// Runs the VM described by `config` until it ends, rebooting it in place
 /// if the config says so. Returns why it ended.
-pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
+pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let start = Instant::now();
+    let trace = config.boot_trace.then(|| Arc::new(BootTrace::new(start)));
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    if let Some(t) = &trace {
+        t.mark("KVM opened");
+    }
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
@@ -183,20 +210,39 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         Stdin::Tty if uses_stdin => Some(console::RawTerminal::enter().map_err(Error::Console)?),
         _ => None,
     };
+    let restart = config.on_reboot == RebootPolicy::Restart;
+    let mut shared = Shared {
+        trace,
+        vcpu_filter: config
+            .seccomp
+            .then(seccomp::vcpu_filter)
+            .transpose()?
+            .map(Arc::new),
+        console_filter: config
+            .seccomp
+            .then(|| seccomp::console_filter(restart))
+            .transpose()?,
+    };
     loop {
-        let vmm = Vmm::build(&kvm, config, console.ports.len())?;
-        let reason = vmm.run(&mut console);
+        let vmm = Vmm::build(&kvm, config, console.ports.len(), &shared)?;
+        let reason = vmm.run(&mut console, &mut shared);
         let reason = match reason {
             // A panicking Linux reboots (panic=-1) or triple-faults.
             StopReason::Reset | StopReason::Crash(_) if console.panicked() => StopReason::Panic,
             r => r,
         };
-        if reason == StopReason::Reset && config.on_reboot == RebootPolicy::Restart {
+        if reason == StopReason::Reset && restart {
             log::info!("guest rebooted; starting it again");
             console.rebooted();
+            if let Some(t) = &shared.trace {
+                t.rebooted();
+            }
             continue;
         }
-        return Ok(reason);
+        return Ok(Outcome {
+            reason,
+            boot_trace: shared.trace.map(|t| t.render()),
+        });
     }
 }
 
@@ -210,10 +256,11 @@ struct Vmm {
     mmio_bus: Arc<Bus>,
     wiring: Vec<Wiring>,
     triple_fault: TripleFault,
+    trace: Option<Arc<BootTrace>>,
 }
 
 impl Vmm {
-    fn build(kvm: &Kvm, config: &VmConfig, ports: usize) -> Result<Self, Error> {
+    fn build(kvm: &Kvm, config: &VmConfig, ports: usize, shared: &Shared) -> Result<Self, Error> {
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
         let vm = Vm::new(kvm, &mem)?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
@@ -253,7 +300,7 @@ impl Vmm {
             .into_iter()
             .take(ports)
         {
-            let w = serial_port(&vm, name, irq)?;
+            let w = serial_port(&vm, name, irq, shared.trace.clone())?;
             io_bus.insert(
                 w.device.clone(),
                 u64::from(port),
@@ -267,6 +314,8 @@ impl Vmm {
         io_bus.insert(debug_exit, u64::from(DEBUG_EXIT_PORT), 1)?;
         let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
         io_bus.insert(pm, u64::from(PM1A_EVT_PORT), u64::from(ACPI_PORT_COUNT))?;
+        let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(shared.trace.clone())));
+        io_bus.insert(post, u64::from(POST_PORT), 1)?;
 
         let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
@@ -292,11 +341,15 @@ impl Vmm {
             mmio_bus: Arc::new(Bus::new()),
             wiring,
             triple_fault,
+            trace: shared.trace.clone(),
         })
     }
 
     /// Runs the vCPUs until the VM stops; stops and joins every vCPU thread.
-    fn run(mut self, console: &mut Console) -> StopReason {
+    fn run(mut self, console: &mut Console, shared: &mut Shared) -> StopReason {
+        if let Some(t) = &self.trace {
+            t.mark("VM ready");
+        }
         let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
         for (id, mut vcpu) in self.vcpus.drain(..).enumerate() {
             let (io, mmio, control) = (
@@ -305,10 +358,18 @@ impl Vmm {
                 self.control.clone(),
             );
             let tf = self.triple_fault;
+            let trace = self.trace.clone();
+            let filter = shared.vcpu_filter.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    vcpu.run(&io, &mmio, &control, tf);
+                    if let Some(f) = filter {
+                        if let Err(e) = seccomp::install(&f) {
+                            control.stop(StopReason::HostError(format!("vCPU {id}: {e}")));
+                            return vcpu;
+                        }
+                    }
+                    vcpu.run(&io, &mmio, &control, tf, trace.as_deref());
                     vcpu
                 });
             match spawned {
@@ -321,6 +382,12 @@ impl Vmm {
                 }
             }
         }
+        if let Some(f) = shared.console_filter.take() {
+            if let Err(e) = seccomp::install(&f) {
+                self.control
+                    .stop(StopReason::HostError(format!("console thread: {e}")));
+            }
+        }
         console.run(&self.control, &self.wiring);
         // A vCPU may be waiting for room in a full output queue: close the
         // queues while kicking, then deliver what they hold.
@@ -329,6 +396,9 @@ impl Vmm {
         }
         stop_threads(threads);
         console.finish(&self.control, &self.wiring);
+        if let Some(t) = &self.trace {
+            t.mark("VM stopped");
+        }
         self.control
             .reason()
             .unwrap_or_else(|| StopReason::HostError("the VM stopped without a reason".into()))
@@ -336,7 +406,12 @@ impl Vmm {
 }
 
 /// A 16550 wired to `irq`, writing into a fresh output queue.
-fn serial_port(vm: &Vm, name: &'static str, irq: u32) -> Result<Wiring, Error> {
+fn serial_port(
+    vm: &Vm,
+    name: &'static str,
+    irq: u32,
+    trace: Option<Arc<BootTrace>>,
+) -> Result<Wiring, Error> {
     let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
     vm.register_irqfd(&irq_evt, irq)?;
     let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
@@ -345,7 +420,7 @@ fn serial_port(vm: &Vm, name: &'static str, irq: u32) -> Result<Wiring, Error> {
         name,
         irq_evt,
         rx_ready.try_clone().map_err(Error::Console)?,
-        Box::new(QueueWriter(queue.clone())),
+        Box::new(QueueWriter::new(queue.clone(), trace)),
     )));
     Ok(Wiring {
         device,

@@ -9,9 +9,11 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::trace::BootTrace;
 
 /// Most bytes held between the guest and the host.
 pub const QUEUE_LIMIT: usize = 256 * 1024;
@@ -89,11 +91,23 @@ impl OutQueue {
 }
 
 /// The vCPU end of a queue, as the UART's writer.
-pub struct QueueWriter(pub std::sync::Arc<OutQueue>);
+pub struct QueueWriter {
+    queue: Arc<OutQueue>,
+    trace: Option<Arc<BootTrace>>,
+}
+
+impl QueueWriter {
+    pub fn new(queue: Arc<OutQueue>, trace: Option<Arc<BootTrace>>) -> Self {
+        Self { queue, trace }
+    }
+}
 
 impl Write for QueueWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.push(buf);
+        if let Some(t) = &self.trace {
+            t.serial_byte();
+        }
+        self.queue.push(buf);
         Ok(buf.len())
     }
 
@@ -105,8 +119,6 @@ impl Write for QueueWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
     #[test]
     fn bytes_arrive_in_order_and_wakeups_are_armed() {
         let q = OutQueue::new().unwrap();

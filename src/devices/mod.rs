@@ -3,4 +3,5 @@
 pub mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
+pub mod post;
 pub mod serial;

@@ -8,6 +8,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
 use crate::control::{StopReason, VmControl};
+use crate::trace::BootTrace;
 use exit::{Action, Exit, TripleFault};
 
 /// Errors creating or configuring a vCPU.
@@ -70,7 +71,14 @@ impl Vcpu {
     }
 
     /// Runs until the VM stops, for whatever reason and from whichever thread.
-    pub fn run(&mut self, io: &Bus, mmio: &Bus, control: &VmControl, triple_fault: TripleFault) {
+    pub fn run(
+        &mut self,
+        io: &Bus,
+        mmio: &Bus,
+        control: &VmControl,
+        triple_fault: TripleFault,
+        trace: Option<&BootTrace>,
+    ) {
         while !control.is_stopping() {
             let run_ptr: *const kvm_run = self.fd.get_kvm_run();
             let exit = match self.fd.run() {
@@ -111,6 +119,9 @@ impl Vcpu {
                     break;
                 }
             };
+            if let Some(t) = trace {
+                t.guest_exit();
+            }
             match exit::handle(exit, io, mmio, triple_fault) {
                 Action::Continue => {}
                 Action::Stop(StopReason::Crash(what)) => {
