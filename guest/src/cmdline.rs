@@ -16,6 +16,10 @@ pub enum Mode {
     PageTable,
     Com2,
     Chaos(u64),
+    Reboot,
+    PowerOff,
+    Panic,
+    Post,
 }
 
 pub struct Args {
@@ -57,6 +61,10 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"halt" => Mode::Halt,
         b"pagetable" => Mode::PageTable,
         b"com2" => Mode::Com2,
+        b"reboot" => Mode::Reboot,
+        b"poweroff" => Mode::PowerOff,
+        b"panic" => Mode::Panic,
+        b"post" => Mode::Post,
         _ => {
             if let Some(n) = kv(word, b"exit") {
                 Mode::Exit(u8::try_from(n).ok()?)

@@ -18,6 +18,10 @@
 //!   halt        `cli; hlt` forever
 //!   pagetable   zero the live PML4, then keep executing: triple fault
 //!   com2        "kvmini tiny guest: COM2\n" on COM2, "com2 done\n" on COM1, exit 0
+//!   reboot      "rebooting\n", then reset through the i8042 (`out 0x64, 0xfe`)
+//!   poweroff    "powering off\n", then ACPI S5: SLP_TYP=5|SLP_EN to PM1a_CNT (0x604)
+//!   panic       prints Linux's panic banner, then resets like Linux with panic=-1
+//!   post        writes POST codes 0x01, 0x02, 0x03 to port 0x80, exit 0
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
 //!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
 //! Exit status N = 1-byte `out 0xf4` (isa-debug-exit; QEMU reports (N<<1)|1),
@@ -57,6 +61,10 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::PageTable => pagetable(),
         Mode::Com2 => com2(),
         Mode::Chaos(seed) => chaos::run(seed, args.ops),
+        Mode::Reboot => reboot(b"rebooting\n"),
+        Mode::PowerOff => poweroff(),
+        Mode::Panic => reboot(b"Kernel panic - not syncing: tiny guest asked for it\n"),
+        Mode::Post => post(),
     }
 }
 
@@ -148,6 +156,31 @@ fn pagetable() -> ! {
             options(noreturn, nostack)
         )
     }
+}
+
+/// Prints `msg`, then pulses the CPU reset line through the i8042.
+fn reboot(msg: &[u8]) -> ! {
+    io::puts(COM1, msg);
+    io::outb(0x64, 0xfe);
+    io::halt_forever()
+}
+
+/// ACPI poweroff the way Linux does it with kvmini's FADT: SLP_TYP of \_S5
+/// (5) in bits 10..12 of PM1a_CNT, then the same with SLP_EN (bit 13).
+fn poweroff() -> ! {
+    const PM1A_CNT: u16 = 0x604;
+    io::puts(COM1, b"powering off\n");
+    io::outw(PM1A_CNT, 5 << 10);
+    io::outw(PM1A_CNT, (5 << 10) | (1 << 13));
+    io::halt_forever()
+}
+
+/// Boot markers for `--boot-trace`.
+fn post() -> ! {
+    for code in 1..=3u8 {
+        io::outb(0x80, code);
+    }
+    io::exit(0)
 }
 
 fn com2() -> ! {

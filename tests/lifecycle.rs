@@ -1,0 +1,234 @@
+//! How a VM ends: reboot, poweroff, panic, restart in place, signals, a
+//! closed stdout, several vCPUs, and many VMs at once.
+
+mod common;
+use common::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn guest_reboot_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "reboot"]);
+    assert_eq!(r.stdout_str(), "rebooting\n");
+    assert_eq!(r.status, Some(0));
+    assert_eq!(
+        r.last_stderr_line(),
+        "kvmini: guest rebooted (exit status 0)"
+    );
+}
+
+#[test]
+fn acpi_poweroff_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "poweroff"]);
+    assert_eq!(r.stdout_str(), "powering off\n");
+    assert_eq!(r.status, Some(0));
+    assert_eq!(
+        r.last_stderr_line(),
+        "kvmini: guest powered off (exit status 0)"
+    );
+}
+
+#[test]
+fn panic_banner_then_reboot_is_a_panic() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "panic"]);
+    assert!(r.stdout_str().starts_with("Kernel panic - not syncing"));
+    assert_eq!(r.status, Some(6));
+    assert_eq!(
+        r.last_stderr_line(),
+        "kvmini: guest kernel panicked (exit status 6)"
+    );
+}
+
+#[test]
+fn on_reboot_restart_boots_again() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[
+        "--cmdline",
+        "reboot",
+        "--on-reboot",
+        "restart",
+        "--timeout",
+        "3s",
+    ]);
+    let boots = r.stdout_str().matches("rebooting\n").count();
+    assert!(boots >= 2, "booted {boots} times: {}", r.stderr);
+    assert_eq!(r.status, Some(5));
+}
+
+#[test]
+fn several_vcpus_boot_and_every_thread_is_joined() {
+    if !kvm_available() {
+        return;
+    }
+    for cpus in ["2", "4", "16"] {
+        let r = kvmini(&["--cpus", cpus]);
+        assert_eq!(r.status, Some(0), "--cpus {cpus}: {}", r.stderr);
+        assert!(r.stdout_str().starts_with("kvmini tiny guest\n"));
+    }
+    // The boot vCPU spins while the others wait for a SIPI: the timeout
+    // must still stop and join them all.
+    let r = kvmini(&["--cpus", "4", "--cmdline", "spin", "--timeout", "1s"]);
+    assert_eq!(r.status, Some(5));
+}
+
+#[test]
+fn boot_trace_shows_the_timeline_and_post_codes() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "post", "--boot-trace"]);
+    assert_eq!(r.status, Some(0));
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let pos = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.ends_with(what))
+            .unwrap_or_else(|| panic!("no {what:?} in {}", r.stderr))
+    };
+    assert!(pos("process start") < pos("VM ready"));
+    assert!(pos("VM ready") < pos("first guest exit"));
+    assert!(pos("POST code 0x01") < pos("POST code 0x02"));
+    assert!(pos("POST code 0x03") < pos("VM stopped"));
+}
+
+/// Starts kvmini with `args`, waits until the guest has produced output,
+/// sends `signal`, returns status, stdout and stderr.
+fn signalled(args: &[&str], signal: i32) -> (Option<i32>, Vec<u8>, String) {
+    let mut child = Command::new(KVMINI)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let mut all = first.to_vec();
+    all.extend(rest);
+    (status.code(), all, err)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_with_their_status() {
+    if !kvm_available() {
+        return;
+    }
+    for (sig, status, name) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
+        let (code, out, err) = signalled(&["--cmdline", "flood=100000000", "--cpus", "2"], sig);
+        assert_eq!(code, Some(status), "{err}");
+        assert!(err.ends_with(&format!(
+            "stopped by signal {name} (exit status {status})\n"
+        )));
+        // Everything the guest wrote before the signal arrived intact.
+        let want = flood_pattern(out.len(), 0);
+        assert!(out == want, "{name}: output corrupted");
+    }
+}
+
+#[test]
+fn closed_stdout_does_not_panic() {
+    if !kvm_available() {
+        return;
+    }
+    let mut child = Command::new(KVMINI)
+        .args(["--cmdline", "flood=20000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut some = [0u8; 10];
+    out.read_exact(&mut some).unwrap();
+    drop(out); // the reader goes away, as with `kvmini | head -c 10`
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// 50 VMs at once, each flooding its own seeded pattern, half to pipes and
+/// half to `--serial file=`: every transcript is byte-exact.
+#[test]
+fn fifty_concurrent_floods_are_byte_exact() {
+    if !kvm_available() {
+        return;
+    }
+    const VMS: u64 = 50;
+    const BYTES: usize = 4000;
+    let dir = TempDir::new("fifty");
+    let start = Instant::now();
+    let children: Vec<_> = (0..VMS)
+        .map(|seed| {
+            let mut cmd = Command::new(KVMINI);
+            cmd.args([
+                "--cmdline",
+                &format!("flood={BYTES} seed={seed}"),
+                "--timeout",
+                "300s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            if seed % 2 == 1 {
+                cmd.arg("--serial")
+                    .arg(format!("file={}", dir.path(&seed.to_string()).display()));
+            }
+            (seed, cmd.spawn().unwrap())
+        })
+        .collect();
+    for (seed, child) in children {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "seed {seed}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = if seed % 2 == 1 {
+            assert!(o.stdout.is_empty());
+            std::fs::read(dir.path(&seed.to_string())).unwrap()
+        } else {
+            o.stdout
+        };
+        assert!(
+            got == flood_pattern(BYTES, seed),
+            "seed {seed}: transcript differs"
+        );
+    }
+    assert!(start.elapsed() < Duration::from_secs(600));
+}
