@@ -31,6 +31,17 @@ pub enum SerialBackend {
     Socket(PathBuf),
 }
 
+/// Whether the VM gets KVM's in-kernel interrupt controllers and PIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IrqchipMode {
+    /// On for every kernel but the built-in tiny guest, which polls and
+    /// needs no interrupts, and on for more than one vCPU.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 /// What a guest reboot does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RebootPolicy {
@@ -71,6 +82,7 @@ pub struct VmConfig {
     pub boot_trace: bool,
     /// Confine kvmini's threads with seccomp filters.
     pub seccomp: bool,
+    pub irqchip: IrqchipMode,
 }
 
 impl Default for VmConfig {
@@ -94,6 +106,7 @@ impl Default for VmConfig {
             input_after: None,
             boot_trace: false,
             seccomp: true,
+            irqchip: IrqchipMode::Auto,
         }
     }
 }
@@ -105,6 +118,15 @@ impl VmConfig {
             (Some(c), _) => c,
             (None, KernelSource::Embedded) => DEFAULT_GUEST_CMDLINE,
             (None, KernelSource::File(_)) => DEFAULT_LINUX_CMDLINE,
+        }
+    }
+
+    /// Whether this VM gets the in-kernel irqchip and PIT.
+    pub fn wants_irqchip(&self) -> bool {
+        match self.irqchip {
+            IrqchipMode::On => true,
+            IrqchipMode::Off => false,
+            IrqchipMode::Auto => self.kernel != KernelSource::Embedded || self.cpus > 1,
         }
     }
 
@@ -130,6 +152,22 @@ mod tests {
         assert_eq!(c.effective_cmdline(), DEFAULT_LINUX_CMDLINE);
         c.cmdline = Some("x".into());
         assert_eq!(c.effective_cmdline(), "x");
+    }
+
+    #[test]
+    fn irqchip_auto_is_off_only_for_the_tiny_guest_on_one_cpu() {
+        let mut c = VmConfig::default();
+        assert!(!c.wants_irqchip());
+        c.cpus = 2;
+        assert!(c.wants_irqchip());
+        c.cpus = 1;
+        c.kernel = KernelSource::File("vmlinux".into());
+        assert!(c.wants_irqchip());
+        c.irqchip = IrqchipMode::Off;
+        assert!(!c.wants_irqchip());
+        c.kernel = KernelSource::Embedded;
+        c.irqchip = IrqchipMode::On;
+        assert!(c.wants_irqchip());
     }
 
     #[test]

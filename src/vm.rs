@@ -29,11 +29,13 @@ pub enum Error {
 
 pub struct Vm {
     fd: VmFd,
+    irqchip: bool,
 }
 
 impl Vm {
-    /// Creates the VM with its memory, irqchip and PIT.
-    pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<Self, Error> {
+    /// Creates the VM with its memory and, if `irqchip`, the in-kernel
+    /// interrupt controllers and PIT.
+    pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<Self, Error> {
         let fd = kvm.create_vm().map_err(Error::Create)?;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(Error::Tss)?;
         for (slot, region) in mem.iter().enumerate() {
@@ -48,17 +50,23 @@ impl Vm {
             // Vmm keeps alive for as long as this VM exists.
             unsafe { fd.set_user_memory_region(r) }.map_err(Error::MemorySlot)?;
         }
-        fd.create_irq_chip().map_err(Error::Irqchip)?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(Error::Pit)?;
-        Ok(Self { fd })
+        if irqchip {
+            fd.create_irq_chip().map_err(Error::Irqchip)?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit).map_err(Error::Pit)?;
+        }
+        Ok(Self { fd, irqchip })
     }
 
-    /// Raises `irq` whenever `evt` is written.
+    /// Raises `irq` whenever `evt` is written (a no-op without an irqchip,
+    /// where nothing could receive the interrupt).
     pub fn register_irqfd(&self, evt: &EventFd, irq: u32) -> Result<(), Error> {
+        if !self.irqchip {
+            return Ok(());
+        }
         self.fd
             .register_irqfd(evt, irq)
             .map_err(|e| Error::Irqfd(e, irq))

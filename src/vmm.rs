@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_ioctls::{Cap, Kvm};
 use linux_loader::cmdline::Cmdline;
@@ -49,6 +49,8 @@ pub enum Error {
     Cmdline(String),
     #[error("--cpus {0}: this host's KVM supports at most {1} vCPUs")]
     TooManyCpus(u8, usize),
+    #[error("--cpus {0} needs the in-kernel irqchip to start the other vCPUs; drop --irqchip off")]
+    SmpNeedsIrqchip(u8),
     #[error(transparent)]
     SerialBackend(#[from] console::backend::Error),
     #[error("--serial-log {0}: cannot create the file")]
@@ -89,6 +91,7 @@ impl Error {
             | Error::Loader(_)
             | Error::Cmdline(_)
             | Error::TooManyCpus(..)
+            | Error::SmpNeedsIrqchip(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
             | Error::Input(..)
@@ -103,8 +106,6 @@ impl Error {
 fn kick_signal() -> i32 {
     SIGRTMIN()
 }
-
-extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn compile(flag: &'static str, patterns: &[String]) -> Result<Vec<regex::bytes::Regex>, Error> {
     patterns
@@ -196,12 +197,15 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             return Err(Error::KvmCapability(name));
         }
     }
+    if config.cpus > 1 && !config.wants_irqchip() {
+        return Err(Error::SmpNeedsIrqchip(config.cpus));
+    }
     let max = kvm.get_max_vcpus();
     if usize::from(config.cpus) > max {
         return Err(Error::TooManyCpus(config.cpus, max));
     }
     let signals = console::signal_fd().map_err(Error::Console)?;
-    register_signal_handler(kick_signal(), noop_handler)
+    register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
     let mut console = console(config, signals, stdin, start)?;
@@ -262,7 +266,7 @@ struct Vmm {
 impl Vmm {
     fn build(kvm: &Kvm, config: &VmConfig, ports: usize, shared: &Shared) -> Result<Self, Error> {
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
-        let vm = Vm::new(kvm, &mem)?;
+        let vm = Vm::new(kvm, &mem, config.wants_irqchip())?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let initramfs = config
             .initramfs
@@ -432,15 +436,14 @@ fn serial_port(
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then
 /// joins it.
 fn stop_threads(threads: Vec<JoinHandle<Vcpu>>) {
-    for t in threads {
-        while !t.is_finished() {
-            // The thread may be just about to enter KVM_RUN when the first
-            // kick arrives; keep kicking until it is out.
-            if let Err(e) = t.kill(kick_signal()) {
-                log::debug!("kicking a vCPU thread failed: {e}");
-            }
-            std::thread::sleep(Duration::from_micros(200));
+    // One kick each is enough: the handler sets immediate_exit, so even a
+    // kick that arrives before KVM_RUN is entered makes it return.
+    for t in threads.iter().filter(|t| !t.is_finished()) {
+        if let Err(e) = t.kill(kick_signal()) {
+            log::debug!("kicking a vCPU thread failed: {e}");
         }
+    }
+    for t in threads {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }

@@ -416,3 +416,17 @@ fn kvm_not_openable_is_status_3() {
     }
     assert_error(&r, 3, &["/dev/kvm"]);
 }
+
+#[test]
+fn smp_without_irqchip() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cpus", "2", "--irqchip", "off"]);
+    assert_error(&r, 2, &["--cpus 2", "irqchip"]);
+}
+
+#[test]
+fn irqchip_garbage() {
+    assert_error(&kvmini(&["--irqchip", "maybe"]), 2, &["--irqchip"]);
+}

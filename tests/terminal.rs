@@ -49,7 +49,10 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     }
     let t = on_tty("--cmdline echo", &[b"hi", b"\x01x"]);
     assert!(t.contains("echo ready\nhi"), "{t}");
-    assert!(t.contains("stopped from the console (Ctrl-A x) (exit status 130)"), "{t}");
+    assert!(
+        t.contains("stopped from the console (Ctrl-A x) (exit status 130)"),
+        "{t}"
+    );
     assert!(t.contains("status=130"), "{t}");
     assert_restored(&t);
 }

@@ -128,12 +128,56 @@ fn spin_is_stopped_by_the_timeout() {
 }
 
 #[test]
-fn halt_with_interrupts_off_is_stopped_by_the_timeout() {
+fn halt_with_interrupts_off_without_irqchip_is_a_crash() {
     if !kvm_available() {
         return;
     }
-    let r = kvmini(&["--cmdline", "halt", "--timeout", "500ms"]);
+    // The tiny guest runs without the in-kernel irqchip by default: its
+    // HLT reaches kvmini, and nothing could ever wake it.
+    let r = kvmini(&["--cmdline", "halt", "--timeout", "60s"]);
+    assert_eq!(r.status, Some(4), "{}", r.stderr);
+    assert!(r
+        .last_stderr_line()
+        .contains("halted and nothing can wake it"));
+}
+
+#[test]
+fn halt_with_interrupts_off_with_irqchip_is_stopped_by_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    // With the irqchip, HLT stays in the kernel: only --timeout ends it.
+    let r = kvmini(&["--cmdline", "halt", "--irqchip", "on", "--timeout", "500ms"]);
     assert_eq!(r.status, Some(5), "{}", r.stderr);
+}
+
+#[test]
+fn every_mode_works_with_the_irqchip_present() {
+    if !kvm_available() {
+        return;
+    }
+    // The tiny guest must not depend on HLT reaching userspace.
+    let r = kvmini(&["--irqchip", "on"]);
+    assert_eq!(
+        r.stdout_str(),
+        "kvmini tiny guest\nmemory: 128 MiB\ncmdline: hello\n"
+    );
+    assert_eq!(r.status, Some(0));
+    let r = kvmini(&["--irqchip", "on", "--cmdline", "exit=9"]);
+    assert_eq!(r.status, Some(9));
+    let r = kvmini_with_input(&["--irqchip", "on", "--cmdline", "echo"], Some(b"xyz\x04"));
+    assert_eq!(r.stdout_str(), "echo ready\nxyz");
+    let r = kvmini(&["--irqchip", "on", "--cmdline", "flood=3000 seed=5"]);
+    assert!(r.stdout == flood_pattern(3000, 5));
+    let r = kvmini(&["--irqchip", "on", "--cmdline", "fault"]);
+    assert_eq!(r.status, Some(4));
+    for seed in 1..=20 {
+        let r = kvmini(&["--irqchip", "on", "--cmdline", &format!("chaos={seed}")]);
+        assert_eq!(r.status, Some(0), "chaos={seed}: {}", r.stderr);
+        assert!(r
+            .stdout
+            .ends_with(format!("\nchaos {seed} done\n").as_bytes()));
+    }
 }
 
 #[test]

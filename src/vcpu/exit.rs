@@ -106,7 +106,7 @@ pub fn handle(exit: Exit, io: &Bus, mmio: &Bus, triple_fault: TripleFault) -> Ac
         }
         Exit::Interrupted => Action::Continue,
         Exit::Hlt => Action::Stop(StopReason::Crash(
-            "the vCPU halted with no interrupt controller to wake it".into(),
+            "the guest halted and nothing can wake it (no in-kernel irqchip)".into(),
         )),
         Exit::Shutdown => match triple_fault {
             TripleFault::Reset => Action::Stop(StopReason::Reset),

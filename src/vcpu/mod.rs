@@ -2,6 +2,8 @@
 
 pub mod exit;
 
+use std::cell::Cell;
+
 use kvm_bindings::{kvm_run, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
@@ -25,6 +27,25 @@ pub enum Error {
     },
     #[error("cannot build the MSR list")]
     Msrs(#[source] vmm_sys_util::fam::Error),
+}
+
+thread_local! {
+    /// This thread's kvm_run mapping while it runs a vCPU, for the kick
+    /// handler. A const initialiser: no lazy setup inside a signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal's handler: makes the interrupted (or the next) KVM_RUN
+/// of this thread return at once. Without it a kick that lands just before
+/// KVM_RUN is entered would be lost and the vCPU would keep running.
+pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's live kvm_run mapping (set by
+        // Vcpu::run, cleared before it returns); a byte store is
+        // async-signal-safe.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+    }
 }
 
 pub struct Vcpu {
@@ -79,6 +100,19 @@ impl Vcpu {
         triple_fault: TripleFault,
         trace: Option<&BootTrace>,
     ) {
+        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
+        self.run_loop(io, mmio, control, triple_fault, trace);
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    fn run_loop(
+        &mut self,
+        io: &Bus,
+        mmio: &Bus,
+        control: &VmControl,
+        triple_fault: TripleFault,
+        trace: Option<&BootTrace>,
+    ) {
         while !control.is_stopping() {
             let run_ptr: *const kvm_run = self.fd.get_kvm_run();
             let exit = match self.fd.run() {
@@ -109,6 +143,8 @@ impl Vcpu {
                 Ok(VcpuExit::Intr) => Exit::Interrupted,
                 Ok(other) => Exit::Other(exit_name(&other)),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: let the next KVM_RUN run, unless stopping.
+                    self.fd.set_kvm_immediate_exit(0);
                     Exit::Interrupted
                 }
                 Err(e) => {

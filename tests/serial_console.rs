@@ -1,0 +1,1206 @@
+//! The serial console end to end: every back end (stdio, file, null, pty,
+//! socket) on COM1 and COM2, the serial log and its timestamps, and the
+//! console automation flags (--until, --fail-on, --input, --input-after),
+//! all against the built-in tiny guest.
+//!
+//! Interactive tests talk to a running kvmini; every read has a deadline
+//! and every kvmini gets --timeout, so a regression fails the test instead
+//! of hanging it.
+
+mod common;
+use common::*;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for kvmini to say or do something before failing.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The hello banner for `--cmdline CMDLINE` and the default 128 MiB.
+fn banner(cmdline: &str) -> String {
+    format!("kvmini tiny guest\nmemory: 128 MiB\ncmdline: {cmdline}\n")
+}
+
+// ---- a kvmini running in the background -------------------------------------
+
+/// A kvmini child whose stderr is read line by line as it comes.
+struct Session {
+    child: Child,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Session {
+    /// Starts kvmini with `args`, stdin null, stdout and stderr piped.
+    fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_stdin(args, Stdio::null())
+    }
+
+    /// Starts kvmini with stdin piped and stdout left to the caller.
+    fn spawn_live(args: &[&str]) -> Self {
+        Self::spawn_inner(args, Stdio::piped(), false)
+    }
+
+    fn spawn_with_stdin(args: &[&str], stdin: Stdio) -> Self {
+        Self::spawn_inner(args, stdin, true)
+    }
+
+    fn spawn_inner(args: &[&str], stdin: Stdio, collect_stdout: bool) -> Self {
+        let mut child = Command::new(KVMINI)
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("spawn kvmini");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        let stdout = collect_stdout.then(|| {
+            let mut out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = out.read_to_end(&mut v);
+                v
+            })
+        });
+        Session {
+            child,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+            stdout,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    fn stderr_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) => {
+                    self.stderr_seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!(
+                        "no stderr line with {needle:?} within {PATIENCE:?}; stderr so far:\n{}",
+                        self.stderr_seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "kvmini closed stderr without a line containing {needle:?}:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (at most PATIENCE) for kvmini to exit; returns what it did.
+    fn finish(mut self) -> Run {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for kvmini") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "kvmini did not exit within {PATIENCE:?}; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self
+            .stdout
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        let mut lines = std::mem::take(&mut self.stderr_seen);
+        lines.extend(self.stderr.iter());
+        Run {
+            status: status.code(),
+            stdout,
+            stderr: lines.iter().map(|l| format!("{l}\n")).collect(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a guest running.
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Reads from `f` (any readable descriptor) until `want.len()` bytes have
+/// arrived or PATIENCE runs out; fails the test unless they equal `want`.
+#[track_caller]
+fn expect_bytes(f: &mut File, want: &[u8], what: &str) {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while got.len() < want.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: waited {PATIENCE:?} for {want:?}, got only {got:?}"
+        );
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        let mut buf = vec![0u8; want.len() - got.len()];
+        match f.read(&mut buf) {
+            Ok(0) => panic!("{what}: end of file after {got:?}, wanted {want:?}"),
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("{what}: read failed after {got:?}: {e}"),
+        }
+    }
+    assert_eq!(got, want, "{what}");
+}
+
+/// Opens a pty slave the way a terminal program does.
+fn open_pty(path: &str) -> File {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: a valid C string; returns a new descriptor or -1.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    assert!(fd >= 0, "open {path}: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a new descriptor nothing else owns.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+/// Connects to kvmini's serial socket, waiting for it to appear.
+fn connect(path: &Path) -> UnixStream {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => {
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                return s;
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!("no serial socket at {}: {e}", path.display())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[track_caller]
+fn read_exactly(s: &mut UnixStream, want: &[u8], what: &str) {
+    let mut got = vec![0u8; want.len()];
+    if let Err(e) = s.read_exact(&mut got) {
+        panic!("{what}: waiting for {want:?}: {e}");
+    }
+    assert_eq!(got, want, "{what}");
+}
+
+/// The last stderr line of a clean debug-exit 0.
+const EXIT_0: &str = "kvmini: guest wrote 0 to the debug-exit port (exit status 0)";
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+// ---- pty ----------------------------------------------------------------------
+
+#[test]
+fn pty_backend_is_a_raw_terminal_both_ways() {
+    if !kvm_available() {
+        return;
+    }
+    let mut s = Session::spawn(&["--serial", "pty", "--cmdline", "echo", "--timeout", "60s"]);
+    let line = s.stderr_line(" is on /dev/pts/");
+    let path = line
+        .strip_prefix("kvmini: --serial is on ")
+        .unwrap_or_else(|| panic!("unexpected pty line {line:?}"));
+    let mut pty = open_pty(path);
+    // Printed before we attached: the pty held it for us.
+    expect_bytes(&mut pty, b"echo ready\n", "banner on the pty");
+    // Raw mode both ways: no CR/LF translation, no echo by the line
+    // discipline, no signals for Ctrl-C, no Ctrl-A escape (that is only
+    // for a terminal on stdin), 8-bit clean.
+    let keys: &[u8] = b"typed on a pty\r\n\x00\x01x\x03\x1a\x7f\xfe\xff\n";
+    pty.write_all(keys).unwrap();
+    expect_bytes(&mut pty, keys, "echo through the pty");
+    pty.write_all(b"second line\n").unwrap();
+    expect_bytes(&mut pty, b"second line\n", "second echo");
+    pty.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+    assert!(r.stdout.is_empty(), "COM1 is on the pty, not stdout");
+}
+
+#[test]
+fn serial2_pty_names_its_flag() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "com2", "--serial2", "pty", "--timeout", "60s"]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with("kvmini: --serial2 is on /dev/pts/")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout_str(), "com2 done\n");
+}
+
+// ---- socket -------------------------------------------------------------------
+
+#[test]
+fn socket_serves_one_client_after_another_and_replays_missed_output() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("sock");
+    let sock = dir.path("vm.sock");
+    let s = Session::spawn(&[
+        "--serial",
+        &format!("socket={}", path_str(&sock)),
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "60s",
+    ]);
+
+    // First client: the banner, then a live echo.
+    let mut c1 = connect(&sock);
+    read_exactly(&mut c1, b"echo ready\n", "first client: banner");
+    c1.write_all(b"one\n").unwrap();
+    read_exactly(&mut c1, b"one\n", "first client: echo");
+    // Type and leave at once: the echo comes back to nobody and must be
+    // kept for the next client.
+    c1.write_all(b"typed by the first client, echoed to the second\n")
+        .unwrap();
+    drop(c1);
+    // Time for the guest to echo it into the replay buffer.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut c2 = connect(&sock);
+    read_exactly(
+        &mut c2,
+        b"typed by the first client, echoed to the second\n",
+        "second client: replayed output",
+    );
+    c2.write_all(b"two\n").unwrap();
+    read_exactly(&mut c2, b"two\n", "second client: live echo");
+    c2.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+    assert!(r.stdout.is_empty());
+    assert!(!sock.exists(), "kvmini removes its socket at exit");
+}
+
+#[test]
+fn socket_output_before_the_first_client_is_replayed() {
+    if !kvm_available() {
+        return;
+    }
+    // --input types into COM1 from the start, so the guest echoes it before
+    // anybody connects; the first client gets all of it, in order.
+    let dir = TempDir::new("sock-early");
+    let sock = dir.path("vm.sock");
+    let input = dir.path("input");
+    std::fs::write(&input, b"typed before anybody connected\n").unwrap();
+    let log = dir.path("log");
+    let s = Session::spawn(&[
+        "--serial",
+        &format!("socket={}", path_str(&sock)),
+        "--serial-log",
+        &path_str(&log),
+        "--input",
+        &path_str(&input),
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "60s",
+    ]);
+    let want: &[u8] = b"echo ready\ntyped before anybody connected\n";
+    // Connect only once the guest has echoed everything (the log shows it).
+    let deadline = Instant::now() + PATIENCE;
+    while std::fs::read(&log).unwrap_or_default() != want {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not echo --input: log holds {:?}",
+            String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = connect(&sock);
+    read_exactly(&mut c, want, "replay to the first client");
+    c.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+}
+
+#[test]
+fn socket_replay_keeps_the_newest_64_kib() {
+    if !kvm_available() {
+        return;
+    }
+    // 70000 echoed bytes with nobody connected: the client gets exactly the
+    // last 65536 bytes of the output.
+    let dir = TempDir::new("sock-big");
+    let sock = dir.path("vm.sock");
+    let input = dir.path("input");
+    let typed: Vec<u8> = (0..70_000u32)
+        .map(|i| {
+            if i % 100 == 99 {
+                b'\n'
+            } else {
+                b'0' + (i % 43) as u8
+            }
+        })
+        .collect();
+    std::fs::write(&input, &typed).unwrap();
+    let log = dir.path("log");
+    let s = Session::spawn(&[
+        "--serial",
+        &format!("socket={}", path_str(&sock)),
+        "--serial-log",
+        &path_str(&log),
+        "--input",
+        &path_str(&input),
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "120s",
+    ]);
+    let mut output = b"echo ready\n".to_vec();
+    output.extend_from_slice(&typed);
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) < output.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest echoed only {} of {} bytes",
+            std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0),
+            output.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = connect(&sock);
+    read_exactly(
+        &mut c,
+        &output[output.len() - 64 * 1024..],
+        "the newest 64 KiB",
+    );
+    c.write_all(b"!").unwrap();
+    // Nothing else was queued: the next byte is the live echo.
+    read_exactly(&mut c, b"!", "live echo after the replay");
+    c.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(std::fs::read(&log).unwrap()[..output.len()], output[..]);
+}
+
+#[test]
+fn socket_second_connection_waits_for_the_first_to_leave() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("sock-two");
+    let sock = dir.path("vm.sock");
+    let s = Session::spawn(&[
+        "--serial",
+        &format!("socket={}", path_str(&sock)),
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "60s",
+    ]);
+    let mut a = connect(&sock);
+    read_exactly(&mut a, b"echo ready\n", "first client: banner");
+    // The second connection is queued, not served, while the first is on.
+    let mut b = connect(&sock);
+    b.write_all(b"from b\n").unwrap();
+    a.write_all(b"from a\n").unwrap();
+    read_exactly(&mut a, b"from a\n", "first client: echo");
+    b.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut probe = [0u8; 1];
+    match b.read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("the waiting client got {other:?} while the first was connected"),
+    }
+    drop(a);
+    // Now b is accepted, and what it typed while waiting reaches the guest.
+    b.set_read_timeout(Some(PATIENCE)).unwrap();
+    read_exactly(&mut b, b"from b\n", "second client: echo");
+    b.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+}
+
+// ---- file, null, COM2 ----------------------------------------------------------
+
+#[test]
+fn com1_to_file_and_to_null() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("com1-file");
+    let out = dir.path("com1.txt");
+    std::fs::write(
+        &out,
+        "stale contents, longer than the banner will be..........\n",
+    )
+    .unwrap();
+    let r = kvmini(&[
+        "--serial",
+        &format!("file={}", path_str(&out)),
+        "--cmdline",
+        "hello to a file",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        banner("hello to a file"),
+        "the file is truncated, then holds exactly the output"
+    );
+
+    let r = kvmini(&["--serial", "null", "--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+}
+
+#[test]
+fn com2_from_the_tiny_guest_to_a_file() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("com2-file");
+    let out = dir.path("ttyS1.txt");
+    let r = kvmini(&[
+        "--cmdline",
+        "com2",
+        "--serial2",
+        &format!("file={}", path_str(&out)),
+        "--timeout",
+        "60s",
+    ]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "kvmini tiny guest: COM2\n"
+    );
+    assert_eq!(r.stdout_str(), "com2 done\n");
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+}
+
+#[test]
+fn com2_to_null_and_both_ports_to_files() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--cmdline", "com2", "--serial2", "null", "--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout_str(), "com2 done\n");
+
+    let dir = TempDir::new("com12-file");
+    let (one, two) = (dir.path("ttyS0.txt"), dir.path("ttyS1.txt"));
+    let r = kvmini(&[
+        "--cmdline",
+        "com2",
+        "--serial",
+        &format!("file={}", path_str(&one)),
+        "--serial2",
+        &format!("file={}", path_str(&two)),
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&one).unwrap(), "com2 done\n");
+    assert_eq!(
+        std::fs::read_to_string(&two).unwrap(),
+        "kvmini tiny guest: COM2\n"
+    );
+}
+
+#[test]
+fn without_serial2_com2_output_goes_nowhere() {
+    if !kvm_available() {
+        return;
+    }
+    // No COM2 device: the guest's COM2 writes are ignored, and COM1 still
+    // carries only its own line.
+    let r = kvmini(&["--cmdline", "com2", "--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout_str(), "com2 done\n");
+}
+
+#[test]
+fn serial2_stdio_next_to_com1_stdio_is_bad_input() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&["--serial2", "stdio", "--timeout", "60s"]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(2), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line:\n{}", r.stderr);
+    assert!(r.stderr.contains("--serial2"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+
+    // With COM1 elsewhere, COM2 may have stdio.
+    let r = kvmini(&[
+        "--cmdline",
+        "com2",
+        "--serial",
+        "null",
+        "--serial2",
+        "stdio",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout_str(), "kvmini tiny guest: COM2\n");
+}
+
+// ---- --serial-log ----------------------------------------------------------
+
+#[test]
+fn serial_log_copies_com1_exactly() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("log");
+    let log = dir.path("console.log");
+    // Next to stdio: the same bytes in both.
+    let r = kvmini(&["--serial-log", &path_str(&log), "--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout_str(), banner("hello"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), banner("hello"));
+
+    // With COM1 on null, the log still gets everything; COM2 is not logged.
+    let r = kvmini(&[
+        "--serial",
+        "null",
+        "--serial2",
+        "null",
+        "--cmdline",
+        "com2",
+        "--serial-log",
+        &path_str(&log),
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "com2 done\n");
+}
+
+/// Splits a timestamped log line "[   S.UUUUUU] text" into (seconds, text),
+/// checking the prefix format character by character.
+#[track_caller]
+fn split_stamp(line: &str) -> (f64, &str) {
+    let b = line.as_bytes();
+    assert!(b.len() >= 14, "line too short for a timestamp: {line:?}");
+    assert_eq!(b[0], b'[', "{line:?}");
+    // Seconds: right-aligned in 4 columns (spaces, then at least 1 digit).
+    let secs = &line[1..5];
+    let digits = secs.trim_start_matches(' ');
+    assert!(
+        !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()),
+        "seconds field {secs:?} in {line:?}"
+    );
+    assert_eq!(b[5], b'.', "{line:?}");
+    let micros = &line[6..12];
+    assert!(
+        micros.bytes().all(|c| c.is_ascii_digit()),
+        "microseconds field {micros:?} in {line:?}"
+    );
+    assert_eq!(&line[12..14], "] ", "{line:?}");
+    let t: f64 = format!("{digits}.{micros}").parse().unwrap();
+    (t, &line[14..])
+}
+
+#[test]
+fn serial_log_timestamps_prefix_every_line() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("log-ts");
+    let log = dir.path("console.log");
+    let r = kvmini(&[
+        "--serial-log",
+        &path_str(&log),
+        "--serial-timestamps",
+        "--cmdline",
+        "hello [   9.999999] lookalike",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    // stdout is never stamped.
+    assert_eq!(r.stdout_str(), banner("hello [   9.999999] lookalike"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'), "{text:?}");
+    let mut stripped = String::new();
+    let mut last = 0.0;
+    for line in text.lines() {
+        let (t, rest) = split_stamp(line);
+        assert!(t >= last, "timestamps go backwards: {text}");
+        assert!(
+            t < 30.0,
+            "seconds since kvmini started, not some epoch: {line:?}"
+        );
+        last = t;
+        stripped.push_str(rest);
+        stripped.push('\n');
+    }
+    assert_eq!(stripped, banner("hello [   9.999999] lookalike"));
+}
+
+#[test]
+fn serial_log_timestamps_count_from_kvmini_start() {
+    if !kvm_available() {
+        return;
+    }
+    // A line typed 1.5 s after start is stamped at 1.5 s or later, and a
+    // line split over two writes gets one stamp.
+    let dir = TempDir::new("log-ts2");
+    let log = dir.path("console.log");
+    let mut s = Session::spawn_with_stdin(
+        &[
+            "--serial",
+            "null",
+            "--serial-log",
+            &path_str(&log),
+            "--serial-timestamps",
+            "--cmdline",
+            "echo",
+            "--timeout",
+            "60s",
+        ],
+        Stdio::piped(),
+    );
+    let started = Instant::now();
+    let mut stdin = s.child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"late li").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(b"ne\n\nx").unwrap();
+    stdin.write_all(&[0x04]).unwrap();
+    drop(stdin);
+    let r = s.finish();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert_eq!(lines.len(), 4, "{text:?}");
+    let (t0, l0) = split_stamp(lines[0]);
+    let (t1, l1) = split_stamp(lines[1]);
+    let (t2, l2) = split_stamp(lines[2]);
+    let (t3, l3) = split_stamp(lines[3]);
+    assert_eq!([l0, l1, l2, l3], ["echo ready", "late line", "", "x"]);
+    assert!(t0 < 1.5, "banner stamped {t0}");
+    assert!(t1 >= 1.5 && t1 <= elapsed + 0.5, "late line stamped {t1}");
+    assert!(t1 <= t2 && t2 <= t3, "{text}");
+}
+
+// ---- --until / --fail-on -----------------------------------------------------
+
+/// Runs the `echo` guest with `typed` as --input plus `args`; the guest
+/// echoes the input and then waits for more, so whatever ends the run is
+/// kvmini's doing, not the guest's.
+fn echo_typing(tag: &str, typed: &[u8], args: &[&str]) -> Run {
+    let dir = TempDir::new(tag);
+    let input = dir.path("input");
+    std::fs::write(&input, typed).unwrap();
+    let mut all = vec!["--cmdline", "echo", "--input"];
+    let input = path_str(&input);
+    all.push(&input);
+    all.extend_from_slice(args);
+    let r = kvmini(&all);
+    r.assert_no_panic();
+    r
+}
+
+#[test]
+fn until_stops_the_vm_with_status_0_when_the_output_matches() {
+    if !kvm_available() {
+        return;
+    }
+    let r = echo_typing(
+        "until",
+        b"running 3 tests\nALL TESTS PASSED\n",
+        &["--until", "ALL TESTS PASSED", "--timeout", "60s"],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --until "ALL TESTS PASSED" matched (exit status 0)"#
+    );
+    let out = r.stdout_str();
+    assert!(
+        out.starts_with("echo ready\nrunning 3 tests\nALL TESTS PASSED"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn until_pattern_may_span_lines() {
+    if !kvm_available() {
+        return;
+    }
+    let r = echo_typing(
+        "until-span",
+        b"memory: 128 MiB\ncmdline: x\n",
+        &["--until", r"memory: \d+ MiB\ncmdline", "--timeout", "60s"],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --until "memory: \\d+ MiB\\ncmdline" matched (exit status 0)"#
+    );
+}
+
+#[test]
+fn any_of_several_until_patterns_stops_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let r = echo_typing(
+        "until-many",
+        b"step 1\nstep 2 done\n",
+        &[
+            "--until",
+            "never printed",
+            "--until",
+            r"step \d done",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --until "step \\d done" matched (exit status 0)"#
+    );
+}
+
+#[test]
+fn fail_on_stops_the_vm_with_status_7() {
+    if !kvm_available() {
+        return;
+    }
+    let r = echo_typing(
+        "fail-on",
+        b"test_a ok\ntest_b FAILED\n",
+        &["--fail-on", "Kernel panic|FAILED", "--timeout", "60s"],
+    );
+    assert_eq!(r.status, Some(7), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --fail-on "Kernel panic|FAILED" matched (exit status 7)"#
+    );
+}
+
+#[test]
+fn fail_on_wins_over_until() {
+    if !kvm_available() {
+        return;
+    }
+    // Both patterns match the same output.
+    let r = echo_typing(
+        "fail-wins",
+        b"1 FAILED\nALL TESTS PASSED\n",
+        &[
+            "--until",
+            "ALL TESTS PASSED",
+            "--fail-on",
+            "FAILED",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(r.status, Some(7), "stderr:\n{}", r.stderr);
+    assert!(r.last_stderr_line().contains("--fail-on"), "{}", r.stderr);
+    // Both matches end on the same byte, however the output is batched.
+    let r = echo_typing(
+        "fail-wins-same",
+        b"summary: 1 FAILED\n",
+        &[
+            "--until",
+            r"summary: .*\n",
+            "--fail-on",
+            r"FAILED\n",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(r.status, Some(7), "stderr:\n{}", r.stderr);
+    assert!(r.last_stderr_line().contains("--fail-on"), "{}", r.stderr);
+}
+
+#[test]
+fn until_that_never_matches_ends_in_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[
+        "--cmdline",
+        "spin",
+        "--until",
+        "ALL TESTS PASSED",
+        "--fail-on",
+        "FAILED",
+        "--timeout",
+        "2s",
+    ]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(5), "stderr:\n{}", r.stderr);
+    assert_eq!(r.last_stderr_line(), "kvmini: timed out (exit status 5)");
+}
+
+#[test]
+fn patterns_see_only_com1() {
+    if !kvm_available() {
+        return;
+    }
+    // COM2's line contains "COM2"; only COM1 is watched, so the guest runs
+    // to its own end.
+    let r = kvmini(&[
+        "--cmdline",
+        "com2",
+        "--serial2",
+        "null",
+        "--fail-on",
+        "COM2",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+}
+
+// BUG (reported to the lead; leave failing until src/ is fixed): a pattern
+// matching output the guest prints right before it exits is ignored. The
+// hello guest prints its banner and at once writes 0 to the debug-exit
+// port; the vCPU's GuestExit(0) reaches VmControl::stop before the console
+// thread has fed the banner to the watchers, and the first reason wins. So
+// `--fail-on FAILED` on a guest that prints FAILED and exits 0 reports
+// success (status 0): a CI job passes although its test failed.
+#[test]
+fn fail_on_matches_output_printed_just_before_a_clean_exit() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[
+        "--cmdline",
+        "hello test_b FAILED",
+        "--fail-on",
+        "FAILED",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.stdout_str(), banner("hello test_b FAILED"));
+    assert_eq!(
+        r.status,
+        Some(7),
+        "FAILED was printed, so --fail-on must decide; stderr:\n{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --fail-on "FAILED" matched (exit status 7)"#
+    );
+    // Both match: fail-on wins.
+    let r = kvmini(&[
+        "--cmdline",
+        "hello ALL TESTS PASSED FAILED",
+        "--until",
+        "ALL TESTS PASSED",
+        "--fail-on",
+        "FAILED",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(7), "stderr:\n{}", r.stderr);
+    assert!(r.last_stderr_line().contains("--fail-on"), "{}", r.stderr);
+}
+
+// BUG (same cause as above): --until on the hello banner is reported as the
+// guest's debug-exit instead of the --until match.
+#[test]
+fn until_matches_output_printed_just_before_a_clean_exit() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[
+        "--cmdline",
+        "hello ALL TESTS PASSED",
+        "--until",
+        "ALL TESTS PASSED",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --until "ALL TESTS PASSED" matched (exit status 0)"#
+    );
+    let r = kvmini(&["--until", r"memory: \d+ MiB\ncmdline", "--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.last_stderr_line().contains("--until"), "{}", r.stderr);
+}
+
+#[test]
+fn invalid_patterns_are_bad_input_naming_the_flag() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("bad-re");
+    let input = dir.path("input");
+    std::fs::write(&input, b"x").unwrap();
+    let input = path_str(&input);
+    for flag in ["--until", "--fail-on", "--input-after"] {
+        let r = kvmini(&[
+            flag,
+            "(unclosed",
+            "--input",
+            &input,
+            "--cmdline",
+            "spin",
+            "--timeout",
+            "10s",
+        ]);
+        r.assert_no_panic();
+        assert_eq!(r.status, Some(2), "{flag}: stderr:\n{}", r.stderr);
+        assert_eq!(
+            r.stderr.lines().count(),
+            1,
+            "{flag}: one line:\n{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(flag), "{flag}: {}", r.stderr);
+        assert!(r.stderr.contains("(unclosed"), "{flag}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+    }
+}
+
+// ---- --input / --input-after / stdin ---------------------------------------
+
+fn typed_3000() -> Vec<u8> {
+    let mut v: Vec<u8> = (0..3000u32).map(|i| b' ' + (i % 95) as u8).collect();
+    v.push(0x04);
+    v
+}
+
+#[test]
+fn input_is_typed_with_back_pressure() {
+    if !kvm_available() {
+        return;
+    }
+    // 3000 bytes through a 64-byte FIFO: nothing lost, nothing reordered.
+    let typed = typed_3000();
+    let r = echo_typing("input", &typed, &["--timeout", "60s"]);
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    let mut want = b"echo ready\n".to_vec();
+    want.extend_from_slice(&typed[..typed.len() - 1]);
+    assert_eq!(r.stdout, want);
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+}
+
+#[test]
+fn input_after_waits_for_the_pattern() {
+    if !kvm_available() {
+        return;
+    }
+    let typed = typed_3000();
+    let r = echo_typing(
+        "input-after",
+        &typed,
+        &["--input-after", "echo ready", "--timeout", "60s"],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    let mut want = b"echo ready\n".to_vec();
+    want.extend_from_slice(&typed[..typed.len() - 1]);
+    assert_eq!(r.stdout, want);
+}
+
+#[test]
+fn input_after_that_never_matches_types_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    let r = echo_typing(
+        "input-never",
+        &typed_3000(),
+        &["--input-after", "never", "--timeout", "2s"],
+    );
+    assert_eq!(r.status, Some(5), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout_str(), "echo ready\n");
+    assert_eq!(r.last_stderr_line(), "kvmini: timed out (exit status 5)");
+}
+
+#[test]
+fn until_stops_an_echo_guest_on_what_the_input_made_it_echo() {
+    if !kvm_available() {
+        return;
+    }
+    // The guest would echo forever (no Ctrl-D in the input); --until ends it
+    // once the second command's echo appears.
+    let r = echo_typing(
+        "input-until",
+        b"first command\nsecond command\nthird command\n",
+        &[
+            "--input-after",
+            "echo ready\n",
+            "--until",
+            "second command\n",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert_eq!(
+        r.last_stderr_line(),
+        r#"kvmini: --until "second command\n" matched (exit status 0)"#
+    );
+    assert!(
+        r.stdout_str()
+            .starts_with("echo ready\nfirst command\nsecond command\n"),
+        "{:?}",
+        r.stdout_str()
+    );
+}
+
+#[test]
+fn missing_input_file_is_bad_input() {
+    if !kvm_available() {
+        return;
+    }
+    let r = kvmini(&[
+        "--input",
+        "/nonexistent/commands.txt",
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "10s",
+    ]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(2), "stderr:\n{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/commands.txt"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn input_reaches_com1_whatever_its_back_end() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("input-null");
+    let log = dir.path("log");
+    let r = echo_typing(
+        "input-null-in",
+        b"typed\n\x04",
+        &[
+            "--serial",
+            "null",
+            "--serial-log",
+            &path_str(&log),
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "echo ready\ntyped\n"
+    );
+}
+
+#[test]
+fn stdin_pipe_is_forwarded_and_its_eof_does_not_end_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    // No Ctrl-D: stdin ends, the guest keeps waiting, --timeout ends it.
+    // Ctrl-A is not an escape key on a pipe.
+    let typed: &[u8] = b"piped\n\x01x\x01\x01";
+    let r = kvmini_with_input(&["--cmdline", "echo", "--timeout", "2s"], Some(typed));
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(5), "stderr:\n{}", r.stderr);
+    let mut want = b"echo ready\n".to_vec();
+    want.extend_from_slice(typed);
+    assert_eq!(r.stdout, want);
+}
+
+#[test]
+fn stdio_output_is_live_while_the_guest_runs() {
+    if !kvm_available() {
+        return;
+    }
+    // Each echo must reach stdout while the guest still runs, not when it
+    // exits: an interactive console, and --until on live output, need it.
+    let mut s = Session::spawn_live(&["--cmdline", "echo", "--timeout", "60s"]);
+    let mut stdin = s.child.stdin.take().unwrap();
+    let mut out = File::from(std::os::fd::OwnedFd::from(s.child.stdout.take().unwrap()));
+    expect_bytes(&mut out, b"echo ready\n", "banner, live");
+    for line in [&b"first line\n"[..], b"second", b" line\n"] {
+        stdin.write_all(line).unwrap();
+        stdin.flush().unwrap();
+        expect_bytes(&mut out, line, "echo, live");
+    }
+    stdin.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+}
