@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         console::restore_terminal();
         eprintln!("kvmini: internal error: {info}");
+        std::process::exit(i32::from(status::INTERNAL_ERROR));
     }));
 
     let args = match Args::try_parse() {
@@ -64,7 +65,9 @@ fn main() -> ExitCode {
                 line.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            eprintln!("{line}");
+            // One line, whatever the causes' own formatting.
+            let line: Vec<&str> = line.lines().map(str::trim).collect();
+            eprintln!("{}", line.join(" "));
             ExitCode::from(e.exit_code())
         }
     }

@@ -10,7 +10,8 @@
 //! - write (irqfd and wake-up eventfds; log lines on stderr)
 //! - futex (locks shared with the console thread)
 //! - rt_sigreturn (return from the kick signal's handler), rt_sigprocmask,
-//!   sigaltstack, madvise, munmap, exit (thread exit)
+//!   sigaltstack, madvise, munmap, exit (thread exit); exit_group (the
+//!   panic hook ends the process with the internal-error status)
 //! - mmap, mremap, brk (memory allocation, e.g. a crash report)
 //! - sched_yield, clock_gettime, gettid, getpid (std and log internals)
 //!
@@ -64,6 +65,7 @@ const VCPU_CALLS: &[i64] = &[
     libc::SYS_mremap,
     libc::SYS_brk,
     libc::SYS_exit,
+    libc::SYS_exit_group,
     libc::SYS_sched_yield,
     libc::SYS_clock_gettime,
     libc::SYS_gettid,

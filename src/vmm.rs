@@ -57,8 +57,8 @@ pub enum Error {
     SerialLog(std::path::PathBuf, #[source] std::io::Error),
     #[error("--input {0}: cannot read the file")]
     Input(std::path::PathBuf, #[source] std::io::Error),
-    #[error("{0} {1:?}: not a valid regular expression")]
-    Pattern(&'static str, String, #[source] regex::Error),
+    #[error("{0} {1:?}: not a valid regular expression: {2}")]
+    Pattern(&'static str, String, String),
     #[error("--serial2 stdio: COM1 already uses stdio; give COM2 another back end")]
     BothStdio,
     #[error("cannot write the boot structures into guest memory")]
@@ -110,8 +110,24 @@ fn kick_signal() -> i32 {
 fn compile(flag: &'static str, patterns: &[String]) -> Result<Vec<regex::bytes::Regex>, Error> {
     patterns
         .iter()
-        .map(|p| regex::bytes::Regex::new(p).map_err(|e| Error::Pattern(flag, p.clone(), e)))
+        .map(|p| {
+            regex::bytes::Regex::new(p)
+                .map_err(|e| Error::Pattern(flag, p.clone(), regex_reason(&e)))
+        })
         .collect()
+}
+
+/// The gist of a regex error in one line (its Display spans several,
+/// drawing a caret under the pattern).
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid pattern")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 /// Opens the serial back ends, the log and the watchers: everything of the
@@ -230,10 +246,15 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &shared)?;
         let reason = vmm.run(&mut console, &mut shared);
-        let reason = match reason {
+        let reason = match (console.verdict(), reason) {
+            // --fail-on / --until saw output the guest printed before it
+            // stopped: that decides, whatever the guest did next.
+            (Some(verdict), _) => verdict,
             // A panicking Linux reboots (panic=-1) or triple-faults.
-            StopReason::Reset | StopReason::Crash(_) if console.panicked() => StopReason::Panic,
-            r => r,
+            (None, StopReason::Reset | StopReason::Crash(_)) if console.panicked() => {
+                StopReason::Panic
+            }
+            (None, r) => r,
         };
         if reason == StopReason::Reset && restart {
             log::info!("guest rebooted; starting it again");
@@ -326,6 +347,9 @@ impl Vmm {
         for id in 0..config.cpus {
             let v = Vcpu::new(vm.fd(), id)?;
             v.configure_common(&cpuid, config.cpus)?;
+            if config.wants_irqchip() {
+                v.configure_lapic()?;
+            }
             if id == 0 {
                 v.configure_boot(entry, cr3)?;
             }

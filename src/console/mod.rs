@@ -23,6 +23,9 @@ use queue::OutQueue;
 pub use terminal::{restore_terminal, RawTerminal};
 use watch::{Event, FixedWatch, PatternWatch, PANIC_BANNER};
 
+/// How often flowing output is collected (see [`Console::run`]).
+const BATCH_TICK_MS: i32 = 2;
+
 /// Ctrl-A: the console escape key.
 const ESCAPE: u8 = 0x01;
 
@@ -184,6 +187,8 @@ pub struct Console {
     patterns: PatternWatch,
     panic_watch: FixedWatch,
     panicked: bool,
+    /// The first `--fail-on`/`--until` match of this boot.
+    verdict: Option<StopReason>,
     /// `--input` bytes held back until `--input-after` matches.
     deferred_input: Option<Vec<u8>>,
 }
@@ -217,6 +222,7 @@ impl Console {
             patterns,
             panic_watch: FixedWatch::new(PANIC_BANNER),
             panicked: false,
+            verdict: None,
             deferred_input: None,
         };
         match (input, input_after) {
@@ -232,9 +238,15 @@ impl Console {
         self.panicked
     }
 
+    /// The first `--fail-on` or `--until` match, if any.
+    pub fn verdict(&self) -> Option<StopReason> {
+        self.verdict.clone()
+    }
+
     /// Called when the guest boots again in place.
     pub fn rebooted(&mut self) {
         self.panicked = false;
+        self.verdict = None;
     }
 
     fn wants_input(&self, i: usize) -> bool {
@@ -255,23 +267,30 @@ impl Console {
         }
     }
 
-    /// Moves output from port `i`'s queue to its back end and watchers.
-    fn pump_output(&mut self, i: usize, w: &Wiring, control: &VmControl, buf: &mut Vec<u8>) {
+    /// Moves output from port `i`'s queue to its back end and watchers;
+    /// false if there was none.
+    fn pump_output(
+        &mut self,
+        i: usize,
+        w: &Wiring,
+        control: &VmControl,
+        buf: &mut Vec<u8>,
+    ) -> bool {
         w.queue.drain(buf);
         if buf.is_empty() {
-            return;
+            return false;
         }
         self.ports[i].output(buf);
         if i != 0 {
-            return;
+            return true;
         }
         if self.panic_watch.feed(buf) {
             self.panicked = true;
         }
         for event in self.patterns.feed(buf) {
             match event {
-                Event::FailOn(p) => control.stop(StopReason::FailOn(p)),
-                Event::Until(p) => control.stop(StopReason::Until(p)),
+                Event::FailOn(p) => self.decide(StopReason::FailOn(p), control),
+                Event::Until(p) => self.decide(StopReason::Until(p), control),
                 Event::InputAfter => {
                     if let Some(bytes) = self.deferred_input.take() {
                         self.ports[0].pending.extend_from_slice(&bytes);
@@ -279,6 +298,15 @@ impl Console {
                 }
             }
         }
+        true
+    }
+
+    /// Records a pattern verdict (the first one wins) and stops the VM.
+    fn decide(&mut self, verdict: StopReason, control: &VmControl) {
+        if self.verdict.is_none() {
+            self.verdict = Some(verdict.clone());
+        }
+        control.stop(verdict);
     }
 
     fn read_input(&mut self, i: usize, w: &Wiring, control: &VmControl) {
@@ -314,6 +342,11 @@ impl Console {
         let mut buf = Vec::with_capacity(queue::QUEUE_LIMIT);
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut sources: Vec<Source> = Vec::new();
+        // While output flows, the console collects it every BATCH_TICK
+        // instead of being woken for each byte: the vCPU then only copies
+        // bytes, and the host gets them in few, large writes. The first
+        // byte after a quiet spell still wakes the console at once.
+        let mut flowing = false;
         while !control.is_stopping() {
             // Offer queued input to the guests.
             for (port, w) in self.ports.iter_mut().zip(wiring) {
@@ -350,7 +383,7 @@ impl Console {
                     add(fd, Source::Listen(i));
                 }
             }
-            let timeout_ms = match self.deadline {
+            let mut timeout_ms = match self.deadline {
                 None => -1,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -361,6 +394,13 @@ impl Console {
                     left.as_millis().clamp(1, i32::MAX as u128) as i32
                 }
             };
+            if flowing {
+                timeout_ms = if timeout_ms < 0 {
+                    BATCH_TICK_MS
+                } else {
+                    timeout_ms.min(BATCH_TICK_MS)
+                };
+            }
             // SAFETY: fds is a valid array of pollfd for the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if n < 0 {
@@ -369,6 +409,12 @@ impl Console {
                     control.stop(StopReason::HostError(format!("poll failed: {e}")));
                 }
                 continue;
+            }
+            if flowing {
+                flowing = false;
+                for (i, w) in wiring.iter().enumerate() {
+                    flowing |= self.pump_output(i, w, control, &mut buf);
+                }
             }
             for k in 0..fds.len() {
                 if fds[k].revents == 0 {
@@ -381,7 +427,9 @@ impl Console {
                             control.stop(StopReason::Signal(sig));
                         }
                     }
-                    Source::Output(i) => self.pump_output(i, &wiring[i], control, &mut buf),
+                    Source::Output(i) => {
+                        flowing |= self.pump_output(i, &wiring[i], control, &mut buf)
+                    }
                     Source::RxReady(i) => {
                         let _ = wiring[i].rx_ready.read();
                     }

@@ -79,6 +79,24 @@ impl Vcpu {
         Ok(())
     }
 
+    /// With the in-kernel irqchip: local APIC LINT0 in ExtINT mode and LINT1
+    /// in NMI mode (the PC's virtual-wire setup), as firmware leaves them.
+    pub fn configure_lapic(&self) -> Result<(), Error> {
+        const APIC_LVT0: usize = 0x350;
+        const APIC_LVT1: usize = 0x360;
+        const DELIVERY_EXTINT: u32 = 0x7 << 8;
+        const DELIVERY_NMI: u32 = 0x4 << 8;
+        let mut lapic = self.setup("local APIC", self.fd.get_lapic())?;
+        for (reg, mode) in [(APIC_LVT0, DELIVERY_EXTINT), (APIC_LVT1, DELIVERY_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+            let value = (u32::from_le_bytes(bytes) & !(0x7 << 8)) | mode;
+            for (i, b) in value.to_le_bytes().iter().enumerate() {
+                lapic.regs[reg + i] = *b as libc::c_char;
+            }
+        }
+        self.setup("local APIC", self.fd.set_lapic(&lapic))
+    }
+
     /// Registers for the boot vCPU, which starts at the kernel's entry.
     pub fn configure_boot(&self, entry: regs::Entry, cr3: u64) -> Result<(), Error> {
         let sregs = self.setup("special registers", self.fd.get_sregs())?;
