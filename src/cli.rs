@@ -226,7 +226,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err("the duration must be greater than zero".into());
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long"))
+    match Duration::try_from_secs_f64(secs) {
+        // Below a nanosecond rounds to nothing: as bad as zero.
+        Ok(d) if d.is_zero() => Err("the duration must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(_) => Err(format!("'{s}' is too long")),
+    }
 }
 
 fn parse_cpus(s: &str) -> Result<u8, String> {
@@ -412,7 +417,18 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        for bad in ["", "0", "0s", "s", "10x", "-1s", "1e400", "..s"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "10x",
+            "-1s",
+            "1e400",
+            "..s",
+            "0.0000000001",
+            "\x0c.000000000073",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }

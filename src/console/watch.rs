@@ -19,7 +19,9 @@ pub struct FixedWatch {
 }
 
 impl FixedWatch {
+    /// `needle` must not be empty.
     pub fn new(needle: &'static [u8]) -> Self {
+        assert!(!needle.is_empty(), "FixedWatch needs a non-empty needle");
         let mut fail = vec![0; needle.len()];
         let mut k = 0;
         for i in 1..needle.len() {
