@@ -232,3 +232,36 @@ fn fifty_concurrent_floods_are_byte_exact() {
     }
     assert!(start.elapsed() < Duration::from_secs(600));
 }
+
+/// A reader that never reads: the pipe fills, the guest waits for it, and
+/// kvmini still sees its timeout and signals.
+#[test]
+fn stdout_pipe_nobody_reads_does_not_hang_kvmini() {
+    if !kvm_available() {
+        return;
+    }
+    let mut child = Command::new(KVMINI)
+        .args(["--cmdline", "flood=100000000", "--timeout", "3s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "kvmini hung on a full stdout pipe"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(5));
+    // The pipe holds the first bytes, byte-exact.
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(!out.is_empty());
+    assert!(out == flood_pattern(out.len(), 0));
+}

@@ -1,7 +1,6 @@
 //! Serial back ends: where a port's output goes and where its input comes
 //! from. All of this runs on the console thread, never on a vCPU.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -57,8 +56,24 @@ pub enum Backend {
         listener: UnixListener,
         path: PathBuf,
         client: Option<UnixStream>,
-        replay: VecDeque<u8>,
     },
+}
+
+/// Most bytes written to a pipe or terminal at once after poll said it is
+/// writable: a pipe then has at least this much room, so the write does not
+/// block.
+const WRITE_CHUNK: usize = 4096;
+
+/// True if `fd` can take output now.
+fn writable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLOUT != 0
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -169,36 +184,50 @@ impl Backend {
                     listener,
                     path: path.clone(),
                     client: None,
-                    replay: VecDeque::new(),
                 }
             }
         })
     }
 
-    /// Sends guest output on its way. Failures drop the output (the guest
-    /// keeps running) and are reported by the caller once.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// The descriptor output goes to now, if any (none for `null`, or a
+    /// socket without a client).
+    pub fn output_fd(&self) -> Option<RawFd> {
         match self {
-            Backend::Stdio(f) | Backend::File(f) => f.write_all(bytes),
-            Backend::Null => Ok(()),
-            Backend::Pty { master, .. } => match master.write(bytes) {
-                // Nobody is reading and the pty buffer is full: drop.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(e),
-                Ok(_) => Ok(()),
-            },
-            Backend::Socket { client, replay, .. } => {
-                if let Some(c) = client {
-                    if c.write_all(bytes).is_ok() {
-                        return Ok(());
-                    }
-                    log::info!("serial socket client went away");
-                    *client = None;
+            Backend::Stdio(f) | Backend::File(f) => Some(f.as_raw_fd()),
+            Backend::Null => None,
+            Backend::Pty { master, .. } => Some(master.as_raw_fd()),
+            Backend::Socket { client, .. } => client.as_ref().map(|c| c.as_raw_fd()),
+        }
+    }
+
+    /// Lossy back ends keep only the newest [`REPLAY_LIMIT`] bytes that
+    /// nobody has taken; the others make the guest wait instead.
+    pub fn is_lossy(&self) -> bool {
+        matches!(self, Backend::Pty { .. } | Backend::Socket { .. })
+    }
+
+    /// Writes some of `buf` without blocking; returns how much was taken
+    /// (0 when the back end cannot take output now). `null` takes all.
+    pub fn write_some(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Backend::Null => Ok(buf.len()),
+            Backend::Stdio(f) | Backend::File(f) => {
+                if !writable(f.as_raw_fd()) {
+                    return Ok(0);
                 }
-                replay.extend(bytes);
-                let excess = replay.len().saturating_sub(REPLAY_LIMIT);
-                replay.drain(..excess);
-                Ok(())
+                retry(|| f.write(&buf[..buf.len().min(WRITE_CHUNK)]))
+            }
+            Backend::Pty { master, .. } => retry(|| master.write(buf)),
+            Backend::Socket { client, .. } => {
+                let Some(c) = client else { return Ok(0) };
+                match retry(|| c.write(buf)) {
+                    Ok(n) if n > 0 || buf.is_empty() => Ok(n),
+                    Ok(_) | Err(_) => {
+                        log::info!("serial socket client went away");
+                        *client = None;
+                        Ok(0)
+                    }
+                }
             }
         }
     }
@@ -227,21 +256,16 @@ impl Backend {
         }
     }
 
-    /// Accepts a waiting client and replays what it missed.
+    /// Accepts a waiting client. What it missed is still in the port's
+    /// output buffer and goes to it next.
     pub fn accept(&mut self) {
         if let Backend::Socket {
-            listener,
-            client,
-            replay,
-            ..
+            listener, client, ..
         } = self
         {
-            if let Ok((mut c, _)) = listener.accept() {
-                log::info!("serial socket client connected");
-                let _ = c.set_nonblocking(false);
-                let (a, b) = replay.as_slices();
-                if c.write_all(a).and_then(|_| c.write_all(b)).is_ok() {
-                    replay.clear();
+            if let Ok((c, _)) = listener.accept() {
+                if c.set_nonblocking(true).is_ok() {
+                    log::info!("serial socket client connected");
                     *client = Some(c);
                 }
             }
@@ -257,6 +281,14 @@ impl Backend {
                 let n = client.as_mut().map(|c| c.read(buf));
                 match n {
                     Some(Ok(n)) if n > 0 => n,
+                    Some(Err(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        0
+                    }
                     Some(_) => {
                         log::info!("serial socket client disconnected");
                         *client = None;
@@ -281,6 +313,17 @@ impl Backend {
     }
 }
 
+/// Runs `op` again when a signal interrupted it; maps "would block" to 0.
+fn retry(mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            r => return r,
+        }
+    }
+}
+
 fn remove_socket(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
@@ -290,41 +333,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_replays_output_to_the_next_client() {
-        let dir = std::env::temp_dir().join(format!("kvmini-sock-{}", std::process::id()));
-        let mut b = Backend::open(&SerialBackend::Socket(dir.clone()), "--serial").unwrap();
-        b.write(b"early ").unwrap();
-        assert!(b.listen_fd().is_some());
-        let mut c = UnixStream::connect(&dir).unwrap();
+    fn socket_takes_output_only_with_a_client_and_never_blocks() {
+        let path = std::env::temp_dir().join(format!("kvmini-sock-{}", std::process::id()));
+        let mut b = Backend::open(&SerialBackend::Socket(path.clone()), "--serial").unwrap();
+        assert!(b.is_lossy());
+        assert_eq!(b.write_some(b"early").unwrap(), 0);
+        assert!(b.output_fd().is_none() && b.listen_fd().is_some());
+        let mut c = UnixStream::connect(&path).unwrap();
         b.accept();
         assert!(b.listen_fd().is_none());
-        b.write(b"live").unwrap();
-        let mut got = [0u8; 10];
+        assert_eq!(b.write_some(b"live").unwrap(), 4);
+        let mut got = [0u8; 4];
         c.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"early live");
+        assert_eq!(&got, b"live");
+        // A client that stops reading: writes stop being taken, at once.
+        let chunk = vec![b'x'; 65536];
+        let mut taken = 0;
+        for _ in 0..64 {
+            taken += b.write_some(&chunk).unwrap();
+        }
+        assert!(taken < 64 * chunk.len());
         drop(c);
-        // The departed client is noticed on input or output.
         let mut buf = [0u8; 8];
         assert_eq!(b.read_input(&mut buf), 0);
-        b.write(b"again").unwrap();
-        let mut c2 = UnixStream::connect(&dir).unwrap();
-        b.accept();
-        let mut got = [0u8; 5];
-        c2.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"again");
-        b.cleanup();
-    }
-
-    #[test]
-    fn replay_is_bounded() {
-        let dir = std::env::temp_dir().join(format!("kvmini-sockb-{}", std::process::id()));
-        let mut b = Backend::open(&SerialBackend::Socket(dir), "--serial").unwrap();
-        for _ in 0..100 {
-            b.write(&[b'x'; 4096]).unwrap();
-        }
-        if let Backend::Socket { replay, .. } = &b {
-            assert_eq!(replay.len(), REPLAY_LIMIT);
-        }
+        assert!(
+            b.listen_fd().is_some(),
+            "a departed client makes room for the next"
+        );
         b.cleanup();
     }
 }

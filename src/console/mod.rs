@@ -8,6 +8,7 @@ pub mod queue;
 mod terminal;
 pub mod watch;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +23,9 @@ pub use log_file::SerialLog;
 use queue::OutQueue;
 pub use terminal::{restore_terminal, RawTerminal};
 use watch::{Event, FixedWatch, PatternWatch, PANIC_BANNER};
+
+/// How long output may still take to leave once the VM has stopped.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often flowing output is collected (see [`Console::run`]).
 const BATCH_TICK_MS: i32 = 2;
@@ -112,10 +116,16 @@ pub struct Port {
     log: Option<SerialLog>,
     /// Input read but not yet taken by the guest's FIFO.
     pending: Vec<u8>,
+    /// Output not yet taken by the back end.
+    out: VecDeque<u8>,
     stdin_eof: bool,
     escape: bool,
     output_failed: bool,
 }
+
+/// Output held for a back end that is not keeping up; beyond it, the guest
+/// waits (or, for lossy back ends, the oldest bytes go).
+const OUT_LIMIT: usize = 256 * 1024;
 
 impl Port {
     pub fn new(name: &'static str, backend: Backend, log: Option<SerialLog>) -> Self {
@@ -124,6 +134,7 @@ impl Port {
             backend,
             log,
             pending: Vec::new(),
+            out: VecDeque::new(),
             stdin_eof: false,
             escape: false,
             output_failed: false,
@@ -136,14 +147,51 @@ impl Port {
     }
 
     fn output(&mut self, bytes: &[u8]) {
-        if let Err(e) = self.backend.write(bytes) {
-            if !self.output_failed {
-                log::warn!("{}: output lost: {e}", self.name);
-                self.output_failed = true;
-            }
-        }
+        self.out.extend(bytes);
         if let Some(l) = self.log.as_mut() {
             l.write(bytes);
+        }
+        self.flush();
+    }
+
+    /// Hands the back end what it takes now, never blocking.
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            let (head, _) = self.out.as_slices();
+            match self.backend.write_some(head) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) => {
+                    // A closed pipe or a full disk: the output is lost, the
+                    // guest keeps running. Say so once.
+                    if !self.output_failed {
+                        log::warn!("{}: output lost: {e}", self.name);
+                        self.output_failed = true;
+                    }
+                    self.out.clear();
+                }
+            }
+        }
+        if self.backend.is_lossy() {
+            let excess = self.out.len().saturating_sub(backend::REPLAY_LIMIT);
+            self.out.drain(..excess);
+        }
+    }
+
+    /// False while a slow back end holds [`OUT_LIMIT`] bytes: the guest's
+    /// output then waits in its queue, and the guest with it.
+    fn accepts_output(&self) -> bool {
+        self.out.len() < OUT_LIMIT
+    }
+
+    /// The descriptor to wait on for room, when output is waiting.
+    fn blocked_output_fd(&self) -> Option<RawFd> {
+        if self.out.is_empty() {
+            None
+        } else {
+            self.backend.output_fd()
         }
     }
 
@@ -202,6 +250,7 @@ enum Source {
     RxReady(usize),
     Input(usize),
     Listen(usize),
+    Writable(usize),
 }
 
 impl Console {
@@ -361,18 +410,26 @@ impl Console {
             }
             fds.clear();
             sources.clear();
-            let mut add = |fd: RawFd, s: Source| {
+            let mut add_for = |fd: RawFd, events: libc::c_short, s: Source| {
                 fds.push(libc::pollfd {
                     fd,
-                    events: libc::POLLIN,
+                    events,
                     revents: 0,
                 });
                 sources.push(s);
             };
+            add_for(self.signals.as_raw_fd(), libc::POLLIN, Source::Signal);
+            for (i, port) in self.ports.iter().enumerate() {
+                if let Some(fd) = port.blocked_output_fd() {
+                    add_for(fd, libc::POLLOUT, Source::Writable(i));
+                }
+            }
+            let mut add = |fd: RawFd, s: Source| add_for(fd, libc::POLLIN, s);
             add(control.eventfd().as_raw_fd(), Source::Stop);
-            add(self.signals.as_raw_fd(), Source::Signal);
             for (i, w) in wiring.iter().enumerate() {
-                add(w.queue.eventfd().as_raw_fd(), Source::Output(i));
+                if self.ports[i].accepts_output() {
+                    add(w.queue.eventfd().as_raw_fd(), Source::Output(i));
+                }
                 add(w.rx_ready.as_raw_fd(), Source::RxReady(i));
                 if self.wants_input(i) {
                     if let Some(fd) = self.input_fd(i) {
@@ -413,7 +470,9 @@ impl Console {
             if flowing {
                 flowing = false;
                 for (i, w) in wiring.iter().enumerate() {
-                    flowing |= self.pump_output(i, w, control, &mut buf);
+                    if self.ports[i].accepts_output() {
+                        flowing |= self.pump_output(i, w, control, &mut buf);
+                    }
                 }
             }
             for k in 0..fds.len() {
@@ -434,18 +493,46 @@ impl Console {
                         let _ = wiring[i].rx_ready.read();
                     }
                     Source::Input(i) => self.read_input(i, &wiring[i], control),
-                    Source::Listen(i) => self.ports[i].backend.accept(),
+                    Source::Listen(i) => {
+                        self.ports[i].backend.accept();
+                        self.ports[i].flush();
+                    }
+                    Source::Writable(i) => {
+                        self.ports[i].flush();
+                        flowing = true;
+                    }
                 }
             }
         }
     }
 
-    /// After the vCPUs stopped: delivers every byte they produced.
+    /// After the vCPUs stopped: delivers every byte they produced, waiting
+    /// at most [`FINAL_FLUSH`] for a back end that is not reading.
     pub fn finish(&mut self, control: &VmControl, wiring: &[Wiring]) {
         let mut buf = Vec::new();
         for (i, w) in wiring.iter().enumerate() {
             self.pump_output(i, w, control, &mut buf);
             w.queue.close();
+        }
+        let give_up = Instant::now() + FINAL_FLUSH;
+        for p in &mut self.ports {
+            while let Some(fd) = p.blocked_output_fd() {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() || p.backend.is_lossy() {
+                    break;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+                p.flush();
+            }
+            if !p.out.is_empty() && !p.backend.is_lossy() {
+                log::warn!("{}: {} bytes of output not delivered", p.name, p.out.len());
+            }
         }
         for p in &mut self.ports {
             if let Some(l) = p.log.as_mut() {
