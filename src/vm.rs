@@ -2,7 +2,7 @@
 //! and irqfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -23,6 +23,8 @@ pub enum Error {
     Irqchip(#[source] kvm_ioctls::Error),
     #[error("cannot create the in-kernel PIT")]
     Pit(#[source] kvm_ioctls::Error),
+    #[error("cannot batch port writes")]
+    Coalesce(#[source] kvm_ioctls::Error),
     #[error("cannot connect IRQ {1} to its eventfd")]
     Irqfd(#[source] kvm_ioctls::Error, u32),
 }
@@ -70,6 +72,14 @@ impl Vm {
         self.fd
             .register_irqfd(evt, irq)
             .map_err(|e| Error::Irqfd(e, irq))
+    }
+
+    /// Lets KVM batch writes to `port` in its coalesced ring instead of
+    /// exiting for each; vCPUs drain the ring before handling any exit.
+    pub fn coalesce_port_writes(&self, port: u16) -> Result<(), Error> {
+        self.fd
+            .register_coalesced_mmio(IoEventAddress::Pio(u64::from(port)), 1)
+            .map_err(Error::Coalesce)
     }
 
     pub fn fd(&self) -> &VmFd {

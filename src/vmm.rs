@@ -282,6 +282,8 @@ struct Vmm {
     wiring: Vec<Wiring>,
     triple_fault: TripleFault,
     trace: Option<Arc<BootTrace>>,
+    /// COM1 writes may be batched in the kernel once output is heavy.
+    coalesce: bool,
 }
 
 impl Vmm {
@@ -343,9 +345,19 @@ impl Vmm {
         io_bus.insert(post, u64::from(POST_PORT), 1)?;
 
         let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
+        // Without interrupts nothing waits for a THR write to take effect
+        // at once (no THR-empty interrupt), so COM1's transmit register can
+        // be batched in the kernel: a byte then costs no exit to userspace.
+        // Registering the batch zone costs KVM a long wait here (~10 ms,
+        // like the irqchip), so it is done only once the guest turns out to
+        // print a lot (see Console::run); the vCPUs drain the ring anyway.
+        let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
         for id in 0..config.cpus {
-            let v = Vcpu::new(vm.fd(), id)?;
+            let mut v = Vcpu::new(vm.fd(), id)?;
+            if coalesce {
+                v.map_coalesced_ring()?;
+            }
             v.configure_common(&cpuid, config.cpus)?;
             if config.wants_irqchip() {
                 v.configure_lapic()?;
@@ -370,6 +382,7 @@ impl Vmm {
             wiring,
             triple_fault,
             trace: shared.trace.clone(),
+            coalesce,
         })
     }
 
@@ -416,7 +429,18 @@ impl Vmm {
                     .stop(StopReason::HostError(format!("console thread: {e}")));
             }
         }
-        console.run(&self.control, &self.wiring);
+        let vm = &self._vm;
+        let batch_com1 = || {
+            if let Err(e) = vm.coalesce_port_writes(COM1_PORT) {
+                log::debug!("COM1 writes stay unbatched: {e}");
+            }
+        };
+        let on_heavy_output: Option<&dyn Fn()> = if self.coalesce {
+            Some(&batch_com1)
+        } else {
+            None
+        };
+        console.run(&self.control, &self.wiring, on_heavy_output);
         // A vCPU may be waiting for room in a full output queue: close the
         // queues while kicking, then deliver what they hold.
         for w in &self.wiring {

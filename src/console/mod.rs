@@ -24,6 +24,9 @@ use queue::OutQueue;
 pub use terminal::{restore_terminal, RawTerminal};
 use watch::{Event, FixedWatch, PatternWatch, PANIC_BANNER};
 
+/// COM1 output after which the console calls `on_heavy_output`.
+const HEAVY_OUTPUT: usize = 4096;
+
 /// How long output may still take to leave once the VM has stopped.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -386,8 +389,15 @@ impl Console {
     }
 
     /// Runs until `control` says the VM is stopping (stopping it on a
-    /// signal or the deadline), then drains the remaining output.
-    pub fn run(&mut self, control: &VmControl, wiring: &[Wiring]) {
+    /// signal or the deadline). `on_heavy_output` runs once, when COM1 has
+    /// printed [`HEAVY_OUTPUT`] bytes in this boot.
+    pub fn run(
+        &mut self,
+        control: &VmControl,
+        wiring: &[Wiring],
+        mut on_heavy_output: Option<&dyn Fn()>,
+    ) {
+        let mut com1_bytes = 0usize;
         let mut buf = Vec::with_capacity(queue::QUEUE_LIMIT);
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut sources: Vec<Source> = Vec::new();
@@ -472,6 +482,14 @@ impl Console {
                 for (i, w) in wiring.iter().enumerate() {
                     if self.ports[i].accepts_output() {
                         flowing |= self.pump_output(i, w, control, &mut buf);
+                        if i == 0 {
+                            com1_bytes += buf.len();
+                        }
+                    }
+                }
+                if com1_bytes >= HEAVY_OUTPUT {
+                    if let Some(f) = on_heavy_output.take() {
+                        f();
                     }
                 }
             }

@@ -51,6 +51,76 @@ pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut 
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
+    coalesced: bool,
+}
+
+/// An exit whose data is still in the kvm_run mapping.
+enum RawExit {
+    IoIn {
+        port: u16,
+        size: usize,
+        ptr: *mut u8,
+        len: usize,
+    },
+    IoOut {
+        port: u16,
+        size: usize,
+        ptr: *const u8,
+        len: usize,
+    },
+    MmioRead {
+        addr: u64,
+        ptr: *mut u8,
+        len: usize,
+    },
+    MmioWrite {
+        addr: u64,
+        ptr: *const u8,
+        len: usize,
+    },
+    Plain(Exit<'static>),
+}
+
+impl RawExit {
+    /// # Safety
+    /// The pointers must still point at `len` valid bytes that nothing else
+    /// refers to for the life of the returned exit.
+    unsafe fn into_exit<'a>(self) -> Exit<'a> {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match self {
+                RawExit::IoIn {
+                    port,
+                    size,
+                    ptr,
+                    len,
+                } => Exit::IoIn {
+                    port,
+                    size,
+                    data: std::slice::from_raw_parts_mut(ptr, len),
+                },
+                RawExit::IoOut {
+                    port,
+                    size,
+                    ptr,
+                    len,
+                } => Exit::IoOut {
+                    port,
+                    size,
+                    data: std::slice::from_raw_parts(ptr, len),
+                },
+                RawExit::MmioRead { addr, ptr, len } => Exit::MmioRead {
+                    addr,
+                    data: std::slice::from_raw_parts_mut(ptr, len),
+                },
+                RawExit::MmioWrite { addr, ptr, len } => Exit::MmioWrite {
+                    addr,
+                    data: std::slice::from_raw_parts(ptr, len),
+                },
+                RawExit::Plain(e) => e,
+            }
+        }
+    }
 }
 
 impl Vcpu {
@@ -58,7 +128,11 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|e| Error::Create(id, e))?;
-        Ok(Self { fd, id })
+        Ok(Self {
+            fd,
+            id,
+            coalesced: false,
+        })
     }
 
     fn setup<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Error> {
@@ -123,6 +197,31 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     }
 
+    /// Has the VM's coalesced-I/O ring mapped: port writes KVM batched in
+    /// the kernel are handed to the bus before every exit is handled.
+    pub fn map_coalesced_ring(&mut self) -> Result<(), Error> {
+        let r = self.fd.map_coalesced_mmio_ring();
+        self.setup("the coalesced I/O ring", r)?;
+        self.coalesced = true;
+        Ok(())
+    }
+
+    /// Hands every batched write to its bus, oldest first.
+    fn drain_coalesced(&mut self, io: &Bus, mmio: &Bus) {
+        if !self.coalesced {
+            return;
+        }
+        while let Ok(Some(e)) = self.fd.coalesced_mmio_read() {
+            let data = &e.data[..(e.len as usize).min(e.data.len())];
+            // SAFETY: both union members are plain u32s.
+            let pio = unsafe { e.__bindgen_anon_1.pio } != 0;
+            let bus = if pio { io } else { mmio };
+            if !bus.write(e.phys_addr, data) {
+                log::debug!("unclaimed coalesced write {:#x}", e.phys_addr);
+            }
+        }
+    }
+
     fn run_loop(
         &mut self,
         io: &Bus,
@@ -133,37 +232,50 @@ impl Vcpu {
     ) {
         while !control.is_stopping() {
             let run_ptr: *const kvm_run = self.fd.get_kvm_run();
-            let exit = match self.fd.run() {
-                Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
+            // The exit's data lives in the kvm_run mapping; it is kept as a
+            // raw pointer so that the coalesced ring (read through self.fd)
+            // can be drained before the exit is handled, in guest order.
+            let raw = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => RawExit::IoIn {
                     port,
                     // SAFETY: run_ptr is this vCPU's kvm_run mapping, which
                     // lives as long as self.fd; KVM filled its io member for
                     // this KVM_EXIT_IO exit, and only that member is read.
                     size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
-                    data,
+                    ptr: data.as_mut_ptr(),
+                    len: data.len(),
                 },
-                Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut {
+                Ok(VcpuExit::IoOut(port, data)) => RawExit::IoOut {
                     port,
                     // SAFETY: as above.
                     size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
-                    data,
+                    ptr: data.as_ptr(),
+                    len: data.len(),
                 },
-                Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead { addr, data },
-                Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite { addr, data },
-                Ok(VcpuExit::Hlt) => Exit::Hlt,
-                Ok(VcpuExit::Shutdown) => Exit::Shutdown,
-                Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry(reason),
-                Ok(VcpuExit::InternalError) => Exit::InternalError(
+                Ok(VcpuExit::MmioRead(addr, data)) => RawExit::MmioRead {
+                    addr,
+                    ptr: data.as_mut_ptr(),
+                    len: data.len(),
+                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => RawExit::MmioWrite {
+                    addr,
+                    ptr: data.as_ptr(),
+                    len: data.len(),
+                },
+                Ok(VcpuExit::Hlt) => RawExit::Plain(Exit::Hlt),
+                Ok(VcpuExit::Shutdown) => RawExit::Plain(Exit::Shutdown),
+                Ok(VcpuExit::FailEntry(reason, _)) => RawExit::Plain(Exit::FailEntry(reason)),
+                Ok(VcpuExit::InternalError) => RawExit::Plain(Exit::InternalError(
                     // SAFETY: as above, for the internal member of this exit.
                     unsafe { (*run_ptr).__bindgen_anon_1.internal.suberror },
-                ),
-                Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent(kind),
-                Ok(VcpuExit::Intr) => Exit::Interrupted,
-                Ok(other) => Exit::Other(exit_name(&other)),
+                )),
+                Ok(VcpuExit::SystemEvent(kind, _)) => RawExit::Plain(Exit::SystemEvent(kind)),
+                Ok(VcpuExit::Intr) => RawExit::Plain(Exit::Interrupted),
+                Ok(other) => RawExit::Plain(Exit::Other(exit_name(&other))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     // A kick: let the next KVM_RUN run, unless stopping.
                     self.fd.set_kvm_immediate_exit(0);
-                    Exit::Interrupted
+                    RawExit::Plain(Exit::Interrupted)
                 }
                 Err(e) => {
                     control.stop(StopReason::HostError(format!(
@@ -173,9 +285,14 @@ impl Vcpu {
                     break;
                 }
             };
+            self.drain_coalesced(io, mmio);
             if let Some(t) = trace {
                 t.guest_exit();
             }
+            // SAFETY: the pointers come from this exit's data in the kvm_run
+            // mapping, alive as long as self.fd and not touched by the ring
+            // drain; nothing else refers to them until the next KVM_RUN.
+            let exit = unsafe { raw.into_exit() };
             match exit::handle(exit, io, mmio, triple_fault) {
                 Action::Continue => {}
                 Action::Stop(StopReason::Crash(what)) => {
@@ -192,6 +309,8 @@ impl Vcpu {
                 }
             }
         }
+        // Writes batched just before the end still reach their devices.
+        self.drain_coalesced(io, mmio);
     }
 
     /// The vCPU's registers, for a crash report.
