@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Cap, Kvm};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -190,9 +191,60 @@ pub struct Outcome {
 /// What every boot of one run shares besides the console.
 struct Shared {
     trace: Option<Arc<BootTrace>>,
+    prep: Prep,
+}
+
+/// What takes a while to compute but not to use: the host's CPUID and the
+/// seccomp filters. A helper thread computes them while the main thread
+/// sets up memory and the VM.
+struct Prepared {
+    cpuid: CpuId,
     vcpu_filter: Option<Arc<BpfProgram>>,
     /// Installed on the console thread once the first vCPUs run.
     console_filter: Option<BpfProgram>,
+}
+
+enum Prep {
+    /// The helper thread; None once joined with an error.
+    Pending(Option<JoinHandle<Result<Prepared, Error>>>),
+    Ready(Prepared),
+}
+
+impl Prep {
+    fn start(seccomp: bool, restart: bool) -> Result<Self, Error> {
+        let job = move || -> Result<Prepared, Error> {
+            // A descriptor of its own, so the thread owns what it uses.
+            let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+            Ok(Prepared {
+                cpuid: vcpu::supported_cpuid(&kvm).map_err(Error::Cpuid)?,
+                vcpu_filter: seccomp
+                    .then(seccomp::vcpu_filter)
+                    .transpose()?
+                    .map(Arc::new),
+                console_filter: seccomp
+                    .then(|| seccomp::console_filter(restart))
+                    .transpose()?,
+            })
+        };
+        let handle = std::thread::Builder::new()
+            .name("prep".into())
+            .spawn(job)
+            .map_err(Error::Thread)?;
+        Ok(Prep::Pending(Some(handle)))
+    }
+
+    /// Waits for the helper thread the first time.
+    fn get(&mut self) -> Result<&mut Prepared, Error> {
+        if let Prep::Pending(handle) = self {
+            let gone = || Error::Thread(std::io::Error::other("the prep thread failed"));
+            let prepared = handle.take().ok_or_else(gone)?.join().map_err(|_| gone())??;
+            *self = Prep::Ready(prepared);
+        }
+        match self {
+            Prep::Ready(p) => Ok(p),
+            Prep::Pending(_) => Err(Error::Thread(std::io::Error::other("the prep thread failed"))),
+        }
+    }
 }
 
 /// Runs the VM described by `config` until it ends, rebooting it in place
@@ -221,6 +273,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         return Err(Error::TooManyCpus(config.cpus, max));
     }
     let signals = console::signal_fd().map_err(Error::Console)?;
+    let restart = config.on_reboot == RebootPolicy::Restart;
+    let prep = Prep::start(config.seccomp, restart)?;
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
@@ -230,21 +284,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         Stdin::Tty if uses_stdin => Some(console::RawTerminal::enter().map_err(Error::Console)?),
         _ => None,
     };
-    let restart = config.on_reboot == RebootPolicy::Restart;
-    let mut shared = Shared {
-        trace,
-        vcpu_filter: config
-            .seccomp
-            .then(seccomp::vcpu_filter)
-            .transpose()?
-            .map(Arc::new),
-        console_filter: config
-            .seccomp
-            .then(|| seccomp::console_filter(restart))
-            .transpose()?,
-    };
+    let mut shared = Shared { trace, prep };
     loop {
-        let vmm = Vmm::build(&kvm, config, console.ports.len(), &shared)?;
+        let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
         let reason = vmm.run(&mut console, &mut shared);
         let reason = match (console.verdict(), reason) {
             // --fail-on / --until saw output the guest printed before it
@@ -287,7 +329,12 @@ struct Vmm {
 }
 
 impl Vmm {
-    fn build(kvm: &Kvm, config: &VmConfig, ports: usize, shared: &Shared) -> Result<Self, Error> {
+    fn build(
+        kvm: &Kvm,
+        config: &VmConfig,
+        ports: usize,
+        shared: &mut Shared,
+    ) -> Result<Self, Error> {
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
         let vm = Vm::new(kvm, &mem, config.wants_irqchip())?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
@@ -344,7 +391,7 @@ impl Vmm {
         let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(shared.trace.clone())));
         io_bus.insert(post, u64::from(POST_PORT), 1)?;
 
-        let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
+        let cpuid = &shared.prep.get()?.cpuid;
         // Without interrupts nothing waits for a THR write to take effect
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
@@ -358,7 +405,7 @@ impl Vmm {
             if coalesce {
                 v.map_coalesced_ring()?;
             }
-            v.configure_common(&cpuid, config.cpus)?;
+            v.configure_common(cpuid, config.cpus)?;
             if config.wants_irqchip() {
                 v.configure_lapic()?;
             }
@@ -400,7 +447,13 @@ impl Vmm {
             );
             let tf = self.triple_fault;
             let trace = self.trace.clone();
-            let filter = shared.vcpu_filter.clone();
+            let filter = match shared.prep.get() {
+                Ok(p) => p.vcpu_filter.clone(),
+                Err(e) => {
+                    self.control.stop(StopReason::HostError(e.to_string()));
+                    break;
+                }
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
@@ -423,7 +476,7 @@ impl Vmm {
                 }
             }
         }
-        if let Some(f) = shared.console_filter.take() {
+        if let Some(f) = shared.prep.get().ok().and_then(|p| p.console_filter.take()) {
             if let Err(e) = seccomp::install(&f) {
                 self.control
                     .stop(StopReason::HostError(format!("console thread: {e}")));
