@@ -237,12 +237,18 @@ impl Prep {
     fn get(&mut self) -> Result<&mut Prepared, Error> {
         if let Prep::Pending(handle) = self {
             let gone = || Error::Thread(std::io::Error::other("the prep thread failed"));
-            let prepared = handle.take().ok_or_else(gone)?.join().map_err(|_| gone())??;
+            let prepared = handle
+                .take()
+                .ok_or_else(gone)?
+                .join()
+                .map_err(|_| gone())??;
             *self = Prep::Ready(prepared);
         }
         match self {
             Prep::Ready(p) => Ok(p),
-            Prep::Pending(_) => Err(Error::Thread(std::io::Error::other("the prep thread failed"))),
+            Prep::Pending(_) => Err(Error::Thread(std::io::Error::other(
+                "the prep thread failed",
+            ))),
         }
     }
 }

@@ -297,7 +297,8 @@ impl Vcpu {
                 Action::Continue => {}
                 Action::Stop(StopReason::Crash(what)) => {
                     control.stop(StopReason::Crash(format!(
-                        "{what} on vCPU {}\n{}",
+                        "{what} on vCPU {}\n{}\n  (on AMD hosts KVM resets a vCPU that shut down: \
+                         after a triple fault these can be reset values)",
                         self.id,
                         self.dump()
                     )));
