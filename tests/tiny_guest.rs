@@ -213,13 +213,15 @@ fn serial_to_file_and_null() {
 }
 
 #[test]
-fn chaos_seeds_1_to_200_survive() {
+fn chaos_seeds_1_to_500_survive() {
     if !kvm_available() {
         return;
     }
-    let seeds: Vec<u32> = (1..=200).collect();
+    // Seeds 1 to 200 are the core issue's bar; the robustness issue asks for
+    // at least 500.
+    let seeds: Vec<u32> = (1..=500).collect();
     std::thread::scope(|s| {
-        for chunk in seeds.chunks(50) {
+        for chunk in seeds.chunks(125) {
             s.spawn(move || {
                 for &seed in chunk {
                     let r = kvmini(&["--cmdline", &format!("chaos={seed}"), "--timeout", "60s"]);
