@@ -4,7 +4,6 @@
 //! the guest never enables interrupts and never touches the local APIC.
 
 use core::arch::asm;
-use core::mem::MaybeUninit;
 
 /// COM1 and COM2 16550 base ports.
 pub const COM1: u16 = 0x3f8;
@@ -161,54 +160,6 @@ pub fn exit(status: u8) -> ! {
 pub fn halt_forever() -> ! {
     // SAFETY: halting touches no memory and never returns.
     unsafe { asm!("cli", "2: hlt", "jmp 2b", options(noreturn, nomem, nostack)) }
-}
-
-/// A fixed-size output buffer sent with `rep outsb`: the whole banner usually
-/// leaves in a single string instruction (no LSR polling, like early
-/// consoles). The buffer is left uninitialized: zeroing 4 KiB would cost a
-/// `rep stosb` of 4096 iterations on an instruction-emulating KVM.
-pub struct BufWriter<const N: usize> {
-    port: u16,
-    /// `buf[..len]` is initialized.
-    len: usize,
-    buf: MaybeUninit<[u8; N]>,
-}
-
-impl<const N: usize> BufWriter<N> {
-    pub fn new(port: u16) -> Self {
-        Self {
-            port,
-            len: 0,
-            buf: MaybeUninit::uninit(),
-        }
-    }
-
-    pub fn push(&mut self, mut s: &[u8]) {
-        while !s.is_empty() {
-            if self.len == N {
-                self.flush();
-            }
-            let n = core::cmp::min(N - self.len, s.len());
-            // SAFETY: len + n <= N, so the destination is inside `buf`; `s`
-            // cannot alias `buf`, which we borrow mutably.
-            unsafe {
-                let dst = self.buf.as_mut_ptr().cast::<u8>().add(self.len);
-                core::ptr::copy_nonoverlapping(s.as_ptr(), dst, n);
-            }
-            self.len += n;
-            s = &s[n..];
-        }
-    }
-
-    pub fn flush(&mut self) {
-        if self.len > 0 {
-            // SAFETY: buf[..len] was initialized by `push`.
-            let data =
-                unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) };
-            rep_outs(self.port, 1, data);
-            self.len = 0;
-        }
-    }
 }
 
 /// Format `v` in decimal into `buf`, returning the digits.
