@@ -7,7 +7,8 @@
 //!
 //! `--irqchip` also creates the in-kernel irqchip, and `--pit` the irqchip
 //! and the PIT (what kvmini creates for Linux), to split the cost between
-//! the bare VM and those devices.
+//! the bare VM and those devices. `--memory-mib N` maps N MiB of guest RAM
+//! from address 0 instead of one page (as a VM of that size needs).
 //!
 //! Exit status: 0 when the first exit was the expected port write, 1 for
 //! anything else (with a line on stderr).
@@ -24,11 +25,17 @@ const CODE: u64 = 0x1000;
 const PROGRAM: [u8; 4] = [0xb0, 0x00, 0xe6, 0xf4];
 const PORT: u16 = 0xf4;
 
-fn run(irqchip: bool, pit: bool) -> Result<(), String> {
+fn run(irqchip: bool, pit: bool, memory_mib: usize) -> Result<(), String> {
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(CODE), 0x1000)])
-        .map_err(|e| format!("mmap: {e}"))?;
+    // One page at CODE, or the guest's whole RAM from 0 (vm-memory maps it
+    // MAP_NORESERVE, as kvmini does, so only touched pages cost anything).
+    let range = if memory_mib == 0 {
+        (GuestAddress(CODE), 0x1000)
+    } else {
+        (GuestAddress(0), memory_mib << 20)
+    };
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[range]).map_err(|e| format!("mmap: {e}"))?;
     mem.write_slice(&PROGRAM, GuestAddress(CODE))
         .map_err(|e| format!("write program: {e}"))?;
     for (slot, region) in mem.iter().enumerate() {
@@ -78,17 +85,26 @@ fn run(irqchip: bool, pit: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut irqchip = false;
     let mut pit = false;
-    for arg in std::env::args().skip(1) {
+    let mut memory_mib = 0;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--irqchip" => irqchip = true,
             "--pit" => pit = true,
+            "--memory-mib" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(m) if m > 0 && m <= 1 << 20 => memory_mib = m,
+                _ => {
+                    eprintln!("floor: --memory-mib takes a number of MiB from 1 to 1048576");
+                    return ExitCode::from(2);
+                }
+            },
             _ => {
-                eprintln!("usage: floor [--irqchip] [--pit]");
+                eprintln!("usage: floor [--irqchip] [--pit] [--memory-mib N]");
                 return ExitCode::from(2);
             }
         }
     }
-    match run(irqchip, pit) {
+    match run(irqchip, pit, memory_mib) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floor: {e}");

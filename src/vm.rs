@@ -35,11 +35,25 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM with its memory and, if `irqchip`, the in-kernel
-    /// interrupt controllers and PIT.
-    pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<Self, Error> {
+    /// Creates the VM and, if `irqchip`, the in-kernel interrupt controllers
+    /// and PIT (KVM wants those before any vCPU). Guest memory comes later,
+    /// through [`Vm::add_memory`], so that vCPUs can be created meanwhile.
+    pub fn new(kvm: &Kvm, irqchip: bool) -> Result<Self, Error> {
         let fd = kvm.create_vm().map_err(Error::Create)?;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(Error::Tss)?;
+        if irqchip {
+            fd.create_irq_chip().map_err(Error::Irqchip)?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit).map_err(Error::Pit)?;
+        }
+        Ok(Self { fd, irqchip })
+    }
+
+    /// Gives the guest `mem` as its physical memory, one slot per region.
+    pub fn add_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -50,17 +64,9 @@ impl Vm {
             };
             // SAFETY: the region is a live mapping owned by `mem`, which the
             // Vmm keeps alive for as long as this VM exists.
-            unsafe { fd.set_user_memory_region(r) }.map_err(Error::MemorySlot)?;
+            unsafe { self.fd.set_user_memory_region(r) }.map_err(Error::MemorySlot)?;
         }
-        if irqchip {
-            fd.create_irq_chip().map_err(Error::Irqchip)?;
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            fd.create_pit2(pit).map_err(Error::Pit)?;
-        }
-        Ok(Self { fd, irqchip })
+        Ok(())
     }
 
     /// Raises `irq` whenever `evt` is written (a no-op without an irqchip,

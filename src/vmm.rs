@@ -2,7 +2,8 @@
 //! owns their lifetime. It knows no exit; the vCPU loop and the devices
 //! report how the VM ends through [`VmControl`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -190,18 +191,27 @@ pub struct Outcome {
 
 /// What every boot of one run shares besides the console.
 struct Shared {
+    /// The console thread's seccomp filter: built by the first boot while
+    /// its vCPU threads set up, installed when they run, then gone.
+    console_filter: ConsoleFilter,
     trace: Option<Arc<BootTrace>>,
-    prep: Prep,
+    /// The vCPU threads take their CPUID and seccomp filter from it.
+    prep: Arc<Mutex<Prep>>,
 }
 
 /// What takes a while to compute but not to use: the host's CPUID and the
-/// seccomp filters. A helper thread computes them while the main thread
-/// sets up memory and the VM.
+/// vCPU threads' seccomp filter. A helper thread computes them while the
+/// main thread sets up memory and the VM and the vCPU threads create their
+/// vCPUs.
 struct Prepared {
     cpuid: CpuId,
     vcpu_filter: Option<Arc<BpfProgram>>,
-    /// Installed on the console thread once the first vCPUs run.
-    console_filter: Option<BpfProgram>,
+}
+
+enum ConsoleFilter {
+    ToBuild { restart: bool },
+    Built(BpfProgram),
+    Done,
 }
 
 enum Prep {
@@ -211,7 +221,7 @@ enum Prep {
 }
 
 impl Prep {
-    fn start(seccomp: bool, restart: bool) -> Result<Self, Error> {
+    fn start(seccomp: bool) -> Result<Self, Error> {
         let job = move || -> Result<Prepared, Error> {
             // A descriptor of its own, so the thread owns what it uses.
             let kvm = Kvm::new().map_err(Error::KvmOpen)?;
@@ -221,9 +231,6 @@ impl Prep {
                     .then(seccomp::vcpu_filter)
                     .transpose()?
                     .map(Arc::new),
-                console_filter: seccomp
-                    .then(|| seccomp::console_filter(restart))
-                    .transpose()?,
             })
         };
         let handle = std::thread::Builder::new()
@@ -280,7 +287,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     }
     let signals = console::signal_fd().map_err(Error::Console)?;
     let restart = config.on_reboot == RebootPolicy::Restart;
-    let prep = Prep::start(config.seccomp, restart)?;
+    let prep = Prep::start(config.seccomp)?;
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
@@ -290,7 +297,15 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         Stdin::Tty if uses_stdin => Some(console::RawTerminal::enter().map_err(Error::Console)?),
         _ => None,
     };
-    let mut shared = Shared { trace, prep };
+    let mut shared = Shared {
+        console_filter: if config.seccomp {
+            ConsoleFilter::ToBuild { restart }
+        } else {
+            ConsoleFilter::Done
+        },
+        trace,
+        prep: Arc::new(Mutex::new(prep)),
+    };
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
         let reason = vmm.run(&mut console, &mut shared);
@@ -321,14 +336,13 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
 struct Vmm {
     // Drop order: vCPUs and the VM before the memory they map.
-    vcpus: Vec<Vcpu>,
-    _vm: Vm,
+    vcpus: Starting,
+    vm: Arc<Vm>,
     _mem: GuestMemoryMmap,
     control: Arc<VmControl>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     wiring: Vec<Wiring>,
-    triple_fault: TripleFault,
     trace: Option<Arc<BootTrace>>,
     /// COM1 writes may be batched in the kernel once output is heavy.
     coalesce: bool,
@@ -341,8 +355,9 @@ impl Vmm {
         ports: usize,
         shared: &mut Shared,
     ) -> Result<Self, Error> {
+        // Everything that goes into guest memory comes first: it needs no
+        // VM, so bad input is caught before KVM is asked for anything.
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
-        let vm = Vm::new(kvm, &mem, config.wants_irqchip())?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let initramfs = config
             .initramfs
@@ -374,6 +389,46 @@ impl Vmm {
         };
 
         let control = Arc::new(VmControl::new().map_err(Error::Console)?);
+        let triple_fault = if config.triple_fault_reboots() {
+            TripleFault::Reset
+        } else {
+            TripleFault::Crash
+        };
+
+        // The VM, then its vCPU threads at once: each creates and configures
+        // its vCPU while this thread registers memory and builds the
+        // devices, and then waits for the go from Vmm::run.
+        let vm = Arc::new(Vm::new(kvm, config.wants_irqchip())?);
+        // Without interrupts nothing waits for a THR write to take effect
+        // at once (no THR-empty interrupt), so COM1's transmit register can
+        // be batched in the kernel: a byte then costs no exit to userspace.
+        // Registering the batch zone makes KVM wait a normal SRCU grace
+        // period (~10 ms here) when the VM is destroyed, so it is done only
+        // once the guest turns out to print a lot (see Console::run); the
+        // vCPUs drain the ring anyway.
+        let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut vcpus = Starting::default();
+        for id in 0..config.cpus {
+            let setup = VcpuSetup {
+                id,
+                cpus: config.cpus,
+                irqchip: config.wants_irqchip(),
+                coalesce,
+                boot: (id == 0).then_some((entry, cr3)),
+                triple_fault,
+            };
+            vcpus.spawn(
+                setup,
+                vm.clone(),
+                shared.prep.clone(),
+                control.clone(),
+                ready_tx.clone(),
+            )?;
+        }
+        drop(ready_tx);
+        vm.add_memory(&mem)?;
+
         let mut io_bus = Bus::new();
         let mut wiring = Vec::with_capacity(ports);
         for (name, port, irq) in [("COM1", COM1_PORT, COM1_IRQ), ("COM2", COM2_PORT, COM2_IRQ)]
@@ -397,43 +452,18 @@ impl Vmm {
         let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(shared.trace.clone())));
         io_bus.insert(post, u64::from(POST_PORT), 1)?;
 
-        let cpuid = &shared.prep.get()?.cpuid;
-        // Without interrupts nothing waits for a THR write to take effect
-        // at once (no THR-empty interrupt), so COM1's transmit register can
-        // be batched in the kernel: a byte then costs no exit to userspace.
-        // Registering the batch zone costs KVM a long wait here (~10 ms,
-        // like the irqchip), so it is done only once the guest turns out to
-        // print a lot (see Console::run); the vCPUs drain the ring anyway.
-        let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
-        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
-        for id in 0..config.cpus {
-            let mut v = Vcpu::new(vm.fd(), id)?;
-            if coalesce {
-                v.map_coalesced_ring()?;
-            }
-            v.configure_common(cpuid, config.cpus)?;
-            if config.wants_irqchip() {
-                v.configure_lapic()?;
-            }
-            if id == 0 {
-                v.configure_boot(entry, cr3)?;
-            }
-            vcpus.push(v);
+        if let ConsoleFilter::ToBuild { restart } = shared.console_filter {
+            shared.console_filter = ConsoleFilter::Built(seccomp::console_filter(restart)?);
         }
-        let triple_fault = if config.triple_fault_reboots() {
-            TripleFault::Reset
-        } else {
-            TripleFault::Crash
-        };
+        vcpus.wait_ready(&ready_rx)?;
         Ok(Self {
             vcpus,
-            _vm: vm,
+            vm,
             _mem: mem,
             control,
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(Bus::new()),
             wiring,
-            triple_fault,
             trace: shared.trace.clone(),
             coalesce,
         })
@@ -444,51 +474,19 @@ impl Vmm {
         if let Some(t) = &self.trace {
             t.mark("VM ready");
         }
-        let mut threads: Vec<JoinHandle<Vcpu>> = Vec::new();
-        for (id, mut vcpu) in self.vcpus.drain(..).enumerate() {
-            let (io, mmio, control) = (
-                self.io_bus.clone(),
-                self.mmio_bus.clone(),
-                self.control.clone(),
-            );
-            let tf = self.triple_fault;
-            let trace = self.trace.clone();
-            let filter = match shared.prep.get() {
-                Ok(p) => p.vcpu_filter.clone(),
-                Err(e) => {
-                    self.control.stop(StopReason::HostError(e.to_string()));
-                    break;
-                }
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    if let Some(f) = filter {
-                        if let Err(e) = seccomp::install(&f) {
-                            control.stop(StopReason::HostError(format!("vCPU {id}: {e}")));
-                            return vcpu;
-                        }
-                    }
-                    vcpu.run(&io, &mmio, &control, tf, trace.as_deref());
-                    vcpu
-                });
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    self.control.stop(StopReason::HostError(format!(
-                        "cannot start vCPU thread {id}: {e}"
-                    )));
-                    break;
-                }
-            }
-        }
-        if let Some(f) = shared.prep.get().ok().and_then(|p| p.console_filter.take()) {
+        let threads = self.vcpus.go(&Go {
+            io: self.io_bus.clone(),
+            mmio: self.mmio_bus.clone(),
+            trace: self.trace.clone(),
+        });
+        let console_filter = std::mem::replace(&mut shared.console_filter, ConsoleFilter::Done);
+        if let ConsoleFilter::Built(f) = console_filter {
             if let Err(e) = seccomp::install(&f) {
                 self.control
                     .stop(StopReason::HostError(format!("console thread: {e}")));
             }
         }
-        let vm = &self._vm;
+        let vm = &self.vm;
         let batch_com1 = || {
             if let Err(e) = vm.coalesce_port_writes(COM1_PORT) {
                 log::debug!("COM1 writes stay unbatched: {e}");
@@ -514,6 +512,152 @@ impl Vmm {
             .reason()
             .unwrap_or_else(|| StopReason::HostError("the VM stopped without a reason".into()))
     }
+}
+
+/// How one vCPU is set up on its own thread.
+struct VcpuSetup {
+    id: u8,
+    cpus: u8,
+    irqchip: bool,
+    coalesce: bool,
+    /// Entry point and page tables, for the boot vCPU only.
+    boot: Option<(regs::Entry, u64)>,
+    triple_fault: TripleFault,
+}
+
+/// What a configured vCPU thread waits for before it enters the guest:
+/// the buses, which exist only once the devices are built.
+#[derive(Clone)]
+struct Go {
+    io: Arc<Bus>,
+    mmio: Arc<Bus>,
+    trace: Option<Arc<BootTrace>>,
+}
+
+/// vCPU threads from their start until Vmm::run lets them into the guest.
+/// Dropping it before then (a setup error) ends and joins them.
+#[derive(Default)]
+struct Starting {
+    threads: Vec<(JoinHandle<Option<Vcpu>>, Sender<Go>)>,
+}
+
+impl Starting {
+    /// Starts the thread of one vCPU. It creates and configures the vCPU,
+    /// reports the outcome on `ready`, installs its seccomp filter and
+    /// waits for [`Go`]; then it runs the vCPU until the VM stops and
+    /// returns it (its fd closes when the caller drops it).
+    fn spawn(
+        &mut self,
+        setup: VcpuSetup,
+        vm: Arc<Vm>,
+        prep: Arc<Mutex<Prep>>,
+        control: Arc<VmControl>,
+        ready: Sender<Result<(), Error>>,
+    ) -> Result<(), Error> {
+        let (go_tx, go_rx) = mpsc::channel::<Go>();
+        let id = setup.id;
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let created = create_vcpu(&setup, &vm, &prep);
+                drop(vm);
+                let (mut vcpu, filter) = match created {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return None;
+                    }
+                };
+                // Before the filter: the first send on a channel allocates.
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                if let Some(f) = filter {
+                    if let Err(e) = seccomp::install(&f) {
+                        control.stop(StopReason::HostError(format!("vCPU {id}: {e}")));
+                        return Some(vcpu);
+                    }
+                }
+                // No go: the setup failed elsewhere and the VM never runs.
+                let go = go_rx.recv().ok()?;
+                vcpu.run(
+                    &go.io,
+                    &go.mmio,
+                    &control,
+                    setup.triple_fault,
+                    go.trace.as_deref(),
+                );
+                Some(vcpu)
+            })
+            .map_err(Error::Thread)?;
+        self.threads.push((handle, go_tx));
+        Ok(())
+    }
+
+    /// Waits until every vCPU thread has its vCPU configured; the first
+    /// error any of them met is the setup's error.
+    fn wait_ready(&self, ready: &Receiver<Result<(), Error>>) -> Result<(), Error> {
+        for _ in 0..self.threads.len() {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(Error::Thread(std::io::Error::other(
+                        "a vCPU thread ended during setup",
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every vCPU into the guest; returns the threads to join.
+    fn go(&mut self, go: &Go) -> Vec<JoinHandle<Option<Vcpu>>> {
+        self.threads
+            .drain(..)
+            .map(|(handle, go_tx)| {
+                // A thread that cannot receive has already stopped the VM.
+                let _ = go_tx.send(go.clone());
+                handle
+            })
+            .collect()
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        // Without a go, each thread returns as soon as it is set up.
+        for (handle, go_tx) in self.threads.drain(..) {
+            drop(go_tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// On a vCPU thread: the vCPU, created and configured, and its filter.
+fn create_vcpu(
+    setup: &VcpuSetup,
+    vm: &Vm,
+    prep: &Mutex<Prep>,
+) -> Result<(Vcpu, Option<Arc<BpfProgram>>), Error> {
+    let mut vcpu = Vcpu::new(vm.fd(), setup.id)?;
+    if setup.coalesce {
+        vcpu.map_coalesced_ring()?;
+    }
+    // Creating the vCPU takes a while and needs no CPUID: do it while the
+    // prep thread may still be asking KVM for the CPUID.
+    let (cpuid, filter) = {
+        let mut prep = prep.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = prep.get()?;
+        (p.cpuid.clone(), p.vcpu_filter.clone())
+    };
+    vcpu.configure_common(&cpuid, setup.cpus)?;
+    if setup.irqchip {
+        vcpu.configure_lapic()?;
+    }
+    if let Some((entry, cr3)) = setup.boot {
+        vcpu.configure_boot(entry, cr3)?;
+    }
+    Ok((vcpu, filter))
 }
 
 /// A 16550 wired to `irq`, writing into a fresh output queue.
@@ -542,7 +686,7 @@ fn serial_port(
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then
 /// joins it.
-fn stop_threads(threads: Vec<JoinHandle<Vcpu>>) {
+fn stop_threads(threads: Vec<JoinHandle<Option<Vcpu>>>) {
     // One kick each is enough: the handler sets immediate_exit, so even a
     // kick that arrives before KVM_RUN is entered makes it return.
     for t in threads.iter().filter(|t| !t.is_finished()) {
