@@ -64,9 +64,8 @@ fn run(out: &mut Vec<u8>) -> Result<u8, String> {
         .fd()
         .create_vcpu(0)
         .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-    let cpuid = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    let cpuid =
+        kvmini::vcpu::supported_cpuid(&kvm).map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
     let entry = regs::Entry::Linux64(kernel.entry64);

@@ -241,7 +241,7 @@ impl Prep {
     }
 
     /// Waits for the helper thread the first time.
-    fn get(&mut self) -> Result<&mut Prepared, Error> {
+    fn get(&mut self) -> Result<&Prepared, Error> {
         if let Prep::Pending(handle) = self {
             let gone = || Error::Thread(std::io::Error::other("the prep thread failed"));
             let prepared = handle
