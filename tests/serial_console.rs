@@ -915,6 +915,45 @@ fn fail_on_wins_over_until() {
     assert!(r.last_stderr_line().contains("--fail-on"), "{}", r.stderr);
 }
 
+/// The `echo` guest echoes `typed` (no final newline) and waits for more:
+/// whatever kvmini does, the guest's last line is unfinished when the VM
+/// ends. Returns the run and what `--serial-log` recorded.
+fn cut_line(tag: &str, typed: &[u8], args: &[&str]) -> (Run, Vec<u8>) {
+    let dir = TempDir::new(tag);
+    let log = path_str(&dir.path("console.log"));
+    let mut all = vec!["--serial-log", log.as_str()];
+    all.extend_from_slice(args);
+    let r = echo_typing(&format!("{tag}-run"), typed, &all);
+    let logged = std::fs::read(&log).unwrap();
+    (r, logged)
+}
+
+#[test]
+fn a_line_kvmini_cuts_is_ended_on_stdout_and_logged_exactly() {
+    if !kvm_available() {
+        return;
+    }
+    for (args, status) in [
+        (&["--fail-on", "FAILED", "--timeout", "60s"][..], 7),
+        (&["--until", "PASSED", "--timeout", "60s"][..], 0),
+        (&["--timeout", "2s"][..], 5),
+    ] {
+        let (r, logged) = cut_line("cut-line", b"test_b PASSED FAILED: 3 != 4", args);
+        assert_eq!(r.status, Some(status), "{args:?}\nstderr:\n{}", r.stderr);
+        // The guest's bytes, exactly, in the log: its line is unfinished.
+        assert!(
+            logged.starts_with(b"echo ready\ntest_b PASSED"),
+            "{logged:?}"
+        );
+        assert_ne!(logged.last(), Some(&b'\n'), "{args:?}: {logged:?}");
+        // On stdout the same bytes and a newline, so that the shell's next
+        // output (`echo $?`) starts on a line of its own.
+        let mut want = logged.clone();
+        want.push(b'\n');
+        assert_eq!(r.stdout_str(), String::from_utf8_lossy(&want), "{args:?}");
+    }
+}
+
 #[test]
 fn until_that_never_matches_ends_in_the_timeout() {
     if !kvm_available() {
@@ -1217,6 +1256,8 @@ fn stdin_pipe_is_forwarded_and_its_eof_does_not_end_the_vm() {
     assert_eq!(r.status, Some(5), "stderr:\n{}", r.stderr);
     let mut want = b"echo ready\n".to_vec();
     want.extend_from_slice(typed);
+    // The timeout cut the guest's last line: kvmini ends it.
+    want.push(b'\n');
     assert_eq!(r.stdout, want);
 }
 

@@ -124,6 +124,8 @@ pub struct Port {
     stdin_eof: bool,
     escape: bool,
     output_failed: bool,
+    /// The last byte the guest wrote to this port, if any.
+    last_byte: Option<u8>,
 }
 
 /// Output held for a back end that is not keeping up; beyond it, the guest
@@ -141,6 +143,7 @@ impl Port {
             stdin_eof: false,
             escape: false,
             output_failed: false,
+            last_byte: None,
         }
     }
 
@@ -150,10 +153,31 @@ impl Port {
     }
 
     fn output(&mut self, bytes: &[u8]) {
+        if let Some(&b) = bytes.last() {
+            self.last_byte = Some(b);
+        }
         self.out.extend(bytes);
         if let Some(l) = self.log.as_mut() {
             l.write(bytes);
         }
+        self.flush();
+    }
+
+    /// When kvmini stopped the guest in the middle of a line on stdout,
+    /// ends that line, so that what the shell prints next (`echo $?`, a
+    /// prompt, kvmini's own message) starts on a line of its own. Only the
+    /// stdout back end gets it; files, logs and sockets keep the guest's
+    /// bytes exactly.
+    fn end_line(&mut self) {
+        if !self.is_stdio() || matches!(self.last_byte, None | Some(b'\n')) {
+            return;
+        }
+        // SAFETY: isatty only inspects fd 1.
+        let tty = unsafe { libc::isatty(1) } == 1;
+        // A terminal in raw mode does not turn \n into \r\n by itself.
+        let eol: &[u8] = if tty { b"\r\n" } else { b"\n" };
+        self.out.extend(eol);
+        self.last_byte = Some(b'\n');
         self.flush();
     }
 
@@ -532,6 +556,9 @@ impl Console {
             self.pump_output(i, w, control, &mut buf);
             w.queue.close();
         }
+        if control.reason().as_ref().is_some_and(ended_by_kvmini) {
+            self.ports[0].end_line();
+        }
         let give_up = Instant::now() + FINAL_FLUSH;
         for p in &mut self.ports {
             while let Some(fd) = p.blocked_output_fd() {
@@ -558,6 +585,20 @@ impl Console {
             }
         }
     }
+}
+
+/// True for the endings kvmini chooses itself, which can cut a line the
+/// guest was still printing: a pattern matched, the timeout, a signal,
+/// Ctrl-A x.
+fn ended_by_kvmini(reason: &StopReason) -> bool {
+    matches!(
+        reason,
+        StopReason::Until(_)
+            | StopReason::FailOn(_)
+            | StopReason::Timeout
+            | StopReason::Signal(_)
+            | StopReason::ConsoleQuit
+    )
 }
 
 impl Drop for Console {
