@@ -121,6 +121,21 @@ impl Drop for TempDir {
     }
 }
 
+/// True if `out` is what a `flood=N` guest (seed 0) that kvmini stopped
+/// (timeout, signal) left on stdout: the pattern's first bytes, byte-exact,
+/// and, when the stop cut a line, the newline kvmini adds to end it.
+pub fn is_cut_flood(out: &[u8]) -> bool {
+    if out == flood_pattern(out.len(), 0) {
+        return true;
+    }
+    match out.split_last() {
+        Some((b'\n', guest)) => {
+            guest == flood_pattern(guest.len(), 0) && guest.last() != Some(&b'\n')
+        }
+        _ => false,
+    }
+}
+
 /// The byte stream the tiny guest's `flood=N seed=S` mode writes
 /// (guest/src documents the same generator).
 pub fn flood_pattern(n: usize, seed: u64) -> Vec<u8> {
