@@ -172,11 +172,9 @@ impl Port {
         if !self.is_stdio() || matches!(self.last_byte, None | Some(b'\n')) {
             return;
         }
-        // SAFETY: isatty only inspects fd 1.
-        let tty = unsafe { libc::isatty(1) } == 1;
-        // A terminal in raw mode does not turn \n into \r\n by itself.
-        let eol: &[u8] = if tty { b"\r\n" } else { b"\n" };
-        self.out.extend(eol);
+        // A terminal keeps its output processing in kvmini's raw mode (see
+        // RawTerminal::enter), so \n ends the line there as in a pipe.
+        self.out.push_back(b'\n');
         self.last_byte = Some(b'\n');
         self.flush();
     }
