@@ -195,34 +195,37 @@ struct Shared {
     /// it sets up, installed once its vCPUs run, then gone.
     console_filter: ConsoleFilter,
     trace: Option<Arc<BootTrace>>,
-    /// Asked for by the first boot, kept for the reboots.
-    prepared: Option<Prepared>,
-    seccomp: bool,
+    /// The host's CPUID as KVM supports it: asked for by the first boot
+    /// (~0.3 ms here: KVM runs CPUID for every leaf, and each CPUID traps
+    /// to the hypervisor below), kept for the reboots.
+    cpuid: Option<CpuId>,
+    /// The vCPU threads' seccomp filter (with --no-seccomp: none).
+    vcpu_filter: VcpuFilter,
 }
 
-/// What every boot needs and no boot changes: the host's CPUID as KVM
-/// supports it (asking costs ~0.3 ms here: KVM runs CPUID for every leaf,
-/// and each CPUID traps to the hypervisor below) and the vCPU threads'
-/// seccomp filter.
-struct Prepared {
-    cpuid: CpuId,
-    vcpu_filter: Option<Arc<BpfProgram>>,
+enum VcpuFilter {
+    ToBuild,
+    Built(Arc<BpfProgram>),
+    Off,
 }
 
 impl Shared {
-    fn prepared(&mut self, kvm: &Kvm) -> Result<&Prepared, Error> {
-        let p = match self.prepared.take() {
-            Some(p) => p,
-            None => Prepared {
-                cpuid: vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?,
-                vcpu_filter: self
-                    .seccomp
-                    .then(seccomp::vcpu_filter)
-                    .transpose()?
-                    .map(Arc::new),
-            },
+    fn cpuid(&mut self, kvm: &Kvm) -> Result<&CpuId, Error> {
+        let cpuid = match self.cpuid.take() {
+            Some(c) => c,
+            None => vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?,
         };
-        Ok(self.prepared.insert(p))
+        Ok(self.cpuid.insert(cpuid))
+    }
+
+    fn vcpu_filter(&mut self) -> Result<Option<Arc<BpfProgram>>, Error> {
+        if let VcpuFilter::ToBuild = self.vcpu_filter {
+            self.vcpu_filter = VcpuFilter::Built(Arc::new(seccomp::vcpu_filter()?));
+        }
+        Ok(match &self.vcpu_filter {
+            VcpuFilter::Built(f) => Some(f.clone()),
+            VcpuFilter::ToBuild | VcpuFilter::Off => None,
+        })
     }
 }
 
@@ -275,8 +278,12 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             ConsoleFilter::Done
         },
         trace,
-        prepared: None,
-        seccomp: config.seccomp,
+        cpuid: None,
+        vcpu_filter: if config.seccomp {
+            VcpuFilter::ToBuild
+        } else {
+            VcpuFilter::Off
+        },
     };
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
@@ -368,8 +375,8 @@ impl Vmm {
         };
 
         // The VM, its memory, then its vCPUs, one after the other on this
-        // thread; each vCPU's thread then installs its seccomp filter while
-        // this one builds the devices, and waits for the go from Vmm::run.
+        // thread, while each vCPU's thread (started first) installs its
+        // seccomp filter and waits for its vCPU and the go from Vmm::run.
         // Memory comes before any vCPU: registering it makes KVM wait for
         // an SRCU grace period, which is quick only while no vCPU ioctl is
         // in flight. Creating the vCPUs on their own threads, with the
@@ -386,8 +393,12 @@ impl Vmm {
         // once the guest turns out to print a lot (see Console::run); the
         // vCPUs drain the ring anyway.
         let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
-        let prepared = shared.prepared(kvm)?;
         let mut vcpus = Starting::default();
+        let filter = shared.vcpu_filter()?;
+        for id in 0..config.cpus {
+            vcpus.spawn(id, filter.clone(), triple_fault, control.clone())?;
+        }
+        let cpuid = shared.cpuid(kvm)?;
         for id in 0..config.cpus {
             let setup = VcpuSetup {
                 id,
@@ -396,13 +407,7 @@ impl Vmm {
                 coalesce,
                 boot: (id == 0).then_some((entry, cr3)),
             };
-            let vcpu = create_vcpu(&setup, &vm, &prepared.cpuid)?;
-            vcpus.spawn(
-                vcpu,
-                prepared.vcpu_filter.clone(),
-                triple_fault,
-                control.clone(),
-            )?;
+            vcpus.vcpus.push(create_vcpu(&setup, &vm, cpuid)?);
         }
 
         let mut io_bus = Bus::new();
@@ -508,37 +513,44 @@ struct Go {
     trace: Option<Arc<BootTrace>>,
 }
 
+/// A vCPU thread that waits for its vCPU and the go.
+struct Waiting {
+    handle: JoinHandle<Option<Vcpu>>,
+    start: Sender<(Vcpu, Go)>,
+}
+
 /// vCPU threads from their start until Vmm::run lets them into the guest.
 /// Dropping it before then (a setup error) ends and joins them.
 #[derive(Default)]
 struct Starting {
-    threads: Vec<(JoinHandle<Option<Vcpu>>, Sender<Go>)>,
+    threads: Vec<Waiting>,
+    /// The configured vCPUs, in the order of `threads`.
+    vcpus: Vec<Vcpu>,
 }
 
 impl Starting {
-    /// Starts the thread of one configured vCPU. It installs its seccomp
-    /// filter and waits for [`Go`]; then it runs the vCPU until the VM
-    /// stops and returns it (its fd closes when the caller drops it).
+    /// Starts the thread of vCPU `id`. It installs its seccomp filter and
+    /// waits for its vCPU and the [`Go`]; then it runs the vCPU until the
+    /// VM stops and returns it (its fd closes when the caller drops it).
     fn spawn(
         &mut self,
-        mut vcpu: Vcpu,
+        id: u8,
         filter: Option<Arc<BpfProgram>>,
         triple_fault: TripleFault,
         control: Arc<VmControl>,
     ) -> Result<(), Error> {
-        let (go_tx, go_rx) = mpsc::channel::<Go>();
-        let id = vcpu.id();
+        let (go_tx, go_rx) = mpsc::channel::<(Vcpu, Go)>();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 if let Some(f) = filter {
                     if let Err(e) = seccomp::install(&f) {
                         control.stop(StopReason::HostError(format!("vCPU {id}: {e}")));
-                        return Some(vcpu);
+                        return None;
                     }
                 }
                 // No go: the setup failed elsewhere and the VM never runs.
-                let go = go_rx.recv().ok()?;
+                let (mut vcpu, go) = go_rx.recv().ok()?;
                 vcpu.run(
                     &go.io,
                     &go.mmio,
@@ -549,18 +561,25 @@ impl Starting {
                 Some(vcpu)
             })
             .map_err(Error::Thread)?;
-        self.threads.push((handle, go_tx));
+        self.threads.push(Waiting {
+            handle,
+            start: go_tx,
+        });
         Ok(())
     }
 
-    /// Lets every vCPU into the guest; returns the threads to join.
+    /// Hands every vCPU to its thread and lets it into the guest; returns
+    /// the threads to join.
     fn go(&mut self, go: &Go) -> Vec<JoinHandle<Option<Vcpu>>> {
+        let vcpus = std::mem::take(&mut self.vcpus);
         self.threads
             .drain(..)
-            .map(|(handle, go_tx)| {
-                // A thread that cannot receive has already stopped the VM.
-                let _ = go_tx.send(go.clone());
-                handle
+            .zip(vcpus)
+            .map(|(thread, vcpu)| {
+                // A thread that cannot receive has already stopped the VM;
+                // its vCPU comes back in the error and is dropped here.
+                let _ = thread.start.send((vcpu, go.clone()));
+                thread.handle
             })
             .collect()
     }
@@ -568,10 +587,10 @@ impl Starting {
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        // Without a go, each thread returns as soon as it is set up.
-        for (handle, go_tx) in self.threads.drain(..) {
-            drop(go_tx);
-            let _ = handle.join();
+        // Without a go, each thread returns once its filter is installed.
+        for thread in self.threads.drain(..) {
+            drop(thread.start);
+            let _ = thread.handle.join();
         }
     }
 }

@@ -135,11 +135,6 @@ impl Vcpu {
         })
     }
 
-    /// This vCPU's index.
-    pub fn id(&self) -> u8 {
-        self.id
-    }
-
     fn setup<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Error> {
         r.map_err(|source| Error::Setup {
             id: self.id,
