@@ -13,9 +13,18 @@
 //! guest starts exactly as under kvmini. scripts/bench times it beside
 //! kvmini: the difference is what kvmini itself costs for this job.
 //!
-//! Prints the guest's banner on stdout. Exit status: the byte the guest
-//! wrote to the debug-exit port (0 for hello), 1 for anything unexpected
-//! (with a line on stderr).
+//! `--first-exit` stops at the guest's first exit instead: the same VM,
+//! memory, guest and boot, run until the guest first needs the VMM (its
+//! first banner byte, `k`, written to COM1). That is the floor
+//! program taken literally for this guest: create a VM and one vCPU, map
+//! memory, run to the guest's first exit. It is the floor the bench holds
+//! kvmini's lifecycle against; examples/floor.rs (two real-mode
+//! instructions, no guest to load) is the bare floor beside it.
+//!
+//! Prints the guest's banner on stdout (with `--first-exit`, the one byte
+//! of that first exit). Exit status: the byte the guest wrote to the
+//! debug-exit port (0 for hello; 0 at the first exit with `--first-exit`),
+//! 1 for anything unexpected (with a line on stderr), 2 for a bad argument.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -37,7 +46,7 @@ const MEMORY: u64 = 128 << 20;
 /// LSR: transmitter empty and holding register empty.
 const LSR_IDLE: u8 = 0x60;
 
-fn run(out: &mut Vec<u8>) -> Result<u8, String> {
+fn run(out: &mut Vec<u8>, first_exit: bool) -> Result<u8, String> {
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let mem = memory::create(MEMORY).map_err(|e| format!("guest memory: {e}"))?;
     let kernel = loader::load_kernel(&mem, &KernelSource::Embedded)
@@ -76,6 +85,17 @@ fn run(out: &mut Vec<u8>) -> Result<u8, String> {
         .map_err(|e| format!("set regs: {e}"))?;
 
     let mut vcpu = vcpu;
+    if first_exit {
+        // The guest's first exit must be its first banner byte: anything
+        // else means it did not boot the way kvmini boots it.
+        return match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
+            VcpuExit::IoOut(COM1, data @ [b'k']) => {
+                out.extend_from_slice(data);
+                Ok(0)
+            }
+            other => Err(format!("unexpected first exit: {other:?}")),
+        };
+    }
     loop {
         match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {
             VcpuExit::IoOut(COM1, data) => out.extend_from_slice(data),
@@ -89,8 +109,18 @@ fn run(out: &mut Vec<u8>) -> Result<u8, String> {
 }
 
 fn main() -> ExitCode {
+    let mut first_exit = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--first-exit" => first_exit = true,
+            _ => {
+                eprintln!("usage: floor_hello [--first-exit]");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let mut out = Vec::with_capacity(256);
-    let result = run(&mut out);
+    let result = run(&mut out, first_exit);
     // The banner leaves in one write, as kvmini's console batches it.
     let _ = std::io::stdout().write_all(&out);
     match result {
