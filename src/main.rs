@@ -1,5 +1,6 @@
 //! kvmini's command-line entry point: parse, run, report, exit.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
                     eprintln!("{line}");
                 }
             }
-            eprintln!("{}", status::describe(&reason));
+            say(&status::describe(&reason));
             ExitCode::from(status::code(&reason))
         }
         Err(e) => {
@@ -67,8 +68,17 @@ fn main() -> ExitCode {
             }
             // One line, whatever the causes' own formatting.
             let line: Vec<&str> = line.lines().map(str::trim).collect();
-            eprintln!("{}", line.join(" "));
+            say(&line.join(" "));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes `line` and its newline to stderr in one write(2) (eprintln!
+/// makes one per piece), so that a line is never split by other writers.
+fn say(line: &str) {
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }

@@ -1,293 +1,59 @@
-//! Seccomp filters, one per kind of thread, compiled and installed with
-//! seccompiler once setup is done. A system call outside a thread's list
-//! kills the whole process with SIGSYS. `--no-seccomp` turns them off.
-//! seccompiler's programs are shortened first ([`shorten`]): the kernel's
-//! cost of installing a filter grows with its length.
+//! Seccomp filters, one per kind of thread, installed with seccompiler
+//! once setup is done. A system call outside a thread's list kills the
+//! whole process with SIGSYS. `--no-seccomp` turns them off.
 //!
-//! The lists (why each call is needed):
-//!
-//! vCPU threads:
-//! - ioctl, only KVM_RUN, KVM_GET_REGS and KVM_GET_SREGS (the run loop and
-//!   the register dump of a crash report)
-//! - write (irqfd and wake-up eventfds; log lines on stderr)
-//! - futex (locks shared with the console thread)
-//! - rt_sigreturn (return from the kick signal's handler), rt_sigprocmask,
-//!   sigaltstack, madvise, munmap, exit (thread exit); exit_group (the
-//!   panic hook ends the process with the internal-error status)
-//! - mmap, mremap, brk (memory allocation, e.g. a crash report)
-//! - sched_yield, clock_gettime, gettid, getpid (std and log internals)
-//!
-//! The console (main) thread, after the VM started:
-//! - poll, ppoll, read, write, readv, writev, recvfrom, sendto (console
-//!   I/O: stdin, stdout, files, ptys, sockets, eventfds, the signalfd)
-//! - accept4, close, fcntl (socket clients come and go)
-//! - ioctl (restoring the terminal; KVM calls when the guest reboots in
-//!   place)
-//! - tgkill (kicking vCPU threads), clock_nanosleep, nanosleep, sched_yield
-//! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
-//!   rt_sigprocmask, sigaltstack, clock_gettime, gettid, getpid,
-//!   restart_syscall, exit, exit_group (std, allocation, leaving)
-//! - unlink, unlinkat (removing the serial socket at exit)
-//! - with `--on-reboot restart` also what rebuilding the VM needs: openat,
-//!   newfstatat, fstat, statx, lseek, eventfd2, clone, clone3, mprotect,
-//!   set_robust_list, rseq, prctl, seccomp, sched_getaffinity, getrandom.
+//! The policy (which calls each thread may make, and why) is in
+//! `src/seccomp_policy.rs`. build.rs compiles it with seccompiler, shortens
+//! the programs (see `shorten` there) and writes them out as the statics
+//! below, as Firecracker embeds its filters: compiling them when kvmini
+//! starts cost ~40 µs of every VM's lifetime here. The tests compile the
+//! policy again and check that the embedded programs are the same.
 
-use std::collections::BTreeMap;
+use seccompiler::sock_filter;
 
-use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
-};
+include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 
-/// ioctl numbers a vCPU thread may use.
-const KVM_RUN: u64 = 0xae80;
-const KVM_GET_REGS: u64 = 0x8090_ae81;
-const KVM_GET_SREGS: u64 = 0x8138_ae83;
-
-/// Errors building or installing a filter.
+/// Errors installing a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot build the seccomp filter")]
-    Build(#[source] seccompiler::BackendError),
-    #[error("cannot compile the seccomp filter")]
-    Compile(#[source] seccompiler::BackendError),
     #[error("cannot install the seccomp filter")]
     Install(#[source] seccompiler::Error),
 }
 
-const VCPU_CALLS: &[i64] = &[
-    libc::SYS_write,
-    libc::SYS_futex,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
-    libc::SYS_madvise,
-    libc::SYS_munmap,
-    libc::SYS_mmap,
-    libc::SYS_mremap,
-    libc::SYS_brk,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_sched_yield,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-];
-
-const CONSOLE_CALLS: &[i64] = &[
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_recvfrom,
-    libc::SYS_sendto,
-    libc::SYS_accept4,
-    libc::SYS_close,
-    libc::SYS_fcntl,
-    libc::SYS_ioctl,
-    libc::SYS_tgkill,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_sched_yield,
-    libc::SYS_futex,
-    libc::SYS_mmap,
-    libc::SYS_mremap,
-    libc::SYS_munmap,
-    libc::SYS_brk,
-    libc::SYS_madvise,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_restart_syscall,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-];
-
-const RESTART_CALLS: &[i64] = &[
-    libc::SYS_openat,
-    libc::SYS_newfstatat,
-    libc::SYS_fstat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    libc::SYS_eventfd2,
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_mprotect,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_prctl,
-    libc::SYS_seccomp,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_getrandom,
-];
-
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, Error> {
-    let arch = TargetArch::x86_64;
-    let program: BpfProgram = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(Error::Build)?
-    .try_into()
-    .map_err(Error::Compile)?;
-    Ok(shorten(program))
-}
-
-// Classic BPF opcodes (linux/bpf_common.h) that `shorten` looks at.
-const BPF_CLASS_MASK: u16 = 0x07;
-const BPF_OP_MASK: u16 = 0xf0;
-const BPF_JMP: u16 = 0x05;
-const BPF_RET: u16 = 0x06;
-const BPF_JA: u16 = 0x00;
-
-/// Where control can go from instruction `pc` (no check that it exists).
-fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
-    let insn = &program[pc];
-    match insn.code & BPF_CLASS_MASK {
-        BPF_RET => vec![],
-        BPF_JMP if insn.code & BPF_OP_MASK == BPF_JA => vec![pc + 1 + insn.k as usize],
-        BPF_JMP => vec![pc + 1 + usize::from(insn.jt), pc + 1 + usize::from(insn.jf)],
-        _ => vec![pc + 1],
-    }
-}
-
-/// The same filter in fewer instructions.
-///
-/// seccompiler compiles each allowed call into five instructions: a
-/// compare, two unconditional jumps and a return for either outcome. The
-/// kernel pays for every instruction when a filter is installed (it
-/// translates and JIT-compiles the program and runs it for every system
-/// call number to build its cache): ~0.5 µs each on this host, so
-/// installing the two filters cost ~0.14 ms of every VM's lifetime.
-///
-/// This pass rewrites the program without changing what it returns for
-/// any input: every jump goes straight to where its chain of unconditional
-/// jumps ends, every jump to a return goes to the program's last identical
-/// return (jumps only go forward, so that one is always ahead), and the
-/// instructions no path reaches any more are dropped. An allowed call is
-/// then one compare. If a jump would end up too far for its 8-bit offset,
-/// or the program is not the kind expected, it is returned unchanged.
-pub fn shorten(program: BpfProgram) -> BpfProgram {
-    let n = program.len();
-    let is_ja =
-        |i: &sock_filter| i.code & BPF_CLASS_MASK == BPF_JMP && i.code & BPF_OP_MASK == BPF_JA;
-    let is_ret = |i: &sock_filter| i.code & BPF_CLASS_MASK == BPF_RET;
-    // Where a jump to `t` ends up; None if that leaves the program.
-    let resolve = |mut t: usize| -> Option<usize> {
-        let mut hops = 0;
-        while t < n && is_ja(&program[t]) && hops <= n {
-            t = t + 1 + program[t].k as usize;
-            hops += 1;
-        }
-        let target = program.get(t)?;
-        if is_ret(target) {
-            (t..n)
-                .rev()
-                .find(|&u| program[u].code == target.code && program[u].k == target.k)
-        } else {
-            Some(t)
-        }
-    };
-    let mut targets = Vec::with_capacity(n);
-    for pc in 0..n {
-        let insn = &program[pc];
-        let next = successors(&program, pc);
-        let resolved: Option<Vec<usize>> = if insn.code & BPF_CLASS_MASK == BPF_JMP {
-            next.into_iter().map(resolve).collect()
-        } else {
-            Some(next)
-        };
-        match resolved {
-            Some(t) if t.iter().all(|&t| t < n) => targets.push(t),
-            _ => return program,
-        }
-    }
-    let mut live = vec![false; n];
-    let mut todo = vec![0];
-    while let Some(pc) = todo.pop() {
-        if !std::mem::replace(&mut live[pc], true) {
-            todo.extend_from_slice(&targets[pc]);
-        }
-    }
-    let mut new_pc = vec![0; n];
-    let mut count = 0;
-    for pc in (0..n).filter(|&pc| live[pc]) {
-        new_pc[pc] = count;
-        count += 1;
-    }
-    let mut out = Vec::with_capacity(count);
-    for pc in (0..n).filter(|&pc| live[pc]) {
-        let mut insn = program[pc].clone();
-        let offset = |t: usize| new_pc[t] - new_pc[pc] - 1;
-        if is_ja(&insn) {
-            insn.k = offset(targets[pc][0]) as u32;
-        } else if insn.code & BPF_CLASS_MASK == BPF_JMP {
-            match (
-                u8::try_from(offset(targets[pc][0])),
-                u8::try_from(offset(targets[pc][1])),
-            ) {
-                (Ok(jt), Ok(jf)) => (insn.jt, insn.jf) = (jt, jf),
-                _ => return program,
-            }
-        }
-        out.push(insn);
-    }
-    out
-}
-
-fn ioctl_rule(request: u64) -> Result<SeccompRule, Error> {
-    let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
-        .map_err(Error::Build)?;
-    SeccompRule::new(vec![cond]).map_err(Error::Build)
-}
-
 /// The filter for a vCPU thread.
-pub fn vcpu_filter() -> Result<BpfProgram, Error> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        VCPU_CALLS.iter().map(|&c| (c, vec![])).collect();
-    rules.insert(
-        libc::SYS_ioctl,
-        [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
-            .into_iter()
-            .map(ioctl_rule)
-            .collect::<Result<_, _>>()?,
-    );
-    compile(rules)
+pub fn vcpu_filter() -> &'static [sock_filter] {
+    VCPU_FILTER
 }
 
-/// The filter for the console (main) thread.
-pub fn console_filter(restart: bool) -> Result<BpfProgram, Error> {
-    let extra: &[i64] = if restart { RESTART_CALLS } else { &[] };
-    compile(
-        CONSOLE_CALLS
-            .iter()
-            .chain(extra)
-            .map(|&c| (c, vec![]))
-            .collect(),
-    )
+/// The filter for the console (main) thread; with `restart`, it also
+/// allows what rebuilding the VM in place needs.
+pub fn console_filter(restart: bool) -> &'static [sock_filter] {
+    if restart {
+        CONSOLE_RESTART_FILTER
+    } else {
+        CONSOLE_FILTER
+    }
 }
 
 /// Installs `filter` on the calling thread.
-pub fn install(filter: &BpfProgram) -> Result<(), Error> {
+pub fn install(filter: &[sock_filter]) -> Result<(), Error> {
     seccompiler::apply_filter(filter).map_err(Error::Install)
 }
 
 #[cfg(test)]
+#[path = "seccomp_policy.rs"]
+mod policy;
+
+#[cfg(test)]
 mod tests {
+    use super::policy::*;
     use super::*;
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+    use std::collections::BTreeMap;
 
     /// Runs `f` in a forked child with `filter` installed; returns the
     /// signal that killed the child, or None if it exited.
-    fn in_child(filter: &BpfProgram, f: fn()) -> Option<i32> {
+    fn in_child(filter: &[sock_filter], f: fn()) -> Option<i32> {
         // SAFETY: the child only makes raw system calls before _exit: no
         // allocation, no locks (the filter was built before the fork).
         let pid = unsafe { libc::fork() };
@@ -427,6 +193,14 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_filters_are_the_policy() {
+        assert_eq!(vcpu_filter(), vcpu_program().unwrap());
+        assert_eq!(console_filter(false), console_program(false).unwrap());
+        assert_eq!(console_filter(true), console_program(true).unwrap());
+        assert_ne!(console_filter(true), console_filter(false));
+    }
+
+    #[test]
     fn shortened_filters_decide_as_seccompilers_own() {
         for rules in [vcpu_rules(), console_rules()] {
             let long = unshortened(rules);
@@ -442,16 +216,16 @@ mod tests {
             );
         }
         // The vCPU filter: 17 calls, three ioctl requests.
-        assert!(vcpu_filter().unwrap().len() <= 30);
+        assert!(vcpu_filter().len() <= 30);
     }
 
     #[test]
     fn verdicts_are_the_ones_meant() {
-        let vcpu = vcpu_filter().unwrap();
+        let vcpu = vcpu_filter();
         let (allow, kill) = (0x7fff_0000, 0x8000_0000);
         let ioctl = |request: u64| {
             eval(
-                &vcpu,
+                vcpu,
                 AUDIT_ARCH_X86_64,
                 libc::SYS_ioctl as u32,
                 [3, request, 0, 0, 0, 0],
@@ -459,7 +233,7 @@ mod tests {
         };
         assert_eq!(ioctl(KVM_RUN), allow);
         assert_eq!(ioctl(libc::TCGETS), kill);
-        let plain = |nr: i64, arch: u32| eval(&vcpu, arch, nr as u32, [0; 6]);
+        let plain = |nr: i64, arch: u32| eval(vcpu, arch, nr as u32, [0; 6]);
         assert_eq!(plain(libc::SYS_write, AUDIT_ARCH_X86_64), allow);
         assert_eq!(plain(libc::SYS_write, AUDIT_ARCH_I386), kill);
         assert_eq!(plain(libc::SYS_openat, AUDIT_ARCH_X86_64), kill);
@@ -484,20 +258,20 @@ mod tests {
 
     #[test]
     fn forbidden_calls_kill_with_sigsys() {
-        let vcpu = vcpu_filter().unwrap();
-        assert_eq!(in_child(&vcpu, open_a_socket), Some(libc::SIGSYS));
-        assert_eq!(in_child(&vcpu, forbidden_ioctl), Some(libc::SIGSYS));
-        let console = console_filter(false).unwrap();
-        assert_eq!(in_child(&console, open_a_socket), Some(libc::SIGSYS));
+        let vcpu = vcpu_filter();
+        assert_eq!(in_child(vcpu, open_a_socket), Some(libc::SIGSYS));
+        assert_eq!(in_child(vcpu, forbidden_ioctl), Some(libc::SIGSYS));
+        let console = console_filter(false);
+        assert_eq!(in_child(console, open_a_socket), Some(libc::SIGSYS));
     }
 
     #[test]
     fn listed_calls_are_allowed() {
-        let vcpu = vcpu_filter().unwrap();
-        assert_eq!(in_child(&vcpu, allowed_calls), None);
-        assert_eq!(in_child(&vcpu, kvm_run_ioctl), None);
-        let console = console_filter(true).unwrap();
-        assert_eq!(in_child(&console, allowed_calls), None);
-        assert_eq!(in_child(&console, forbidden_ioctl), None);
+        let vcpu = vcpu_filter();
+        assert_eq!(in_child(vcpu, allowed_calls), None);
+        assert_eq!(in_child(vcpu, kvm_run_ioctl), None);
+        let console = console_filter(true);
+        assert_eq!(in_child(console, allowed_calls), None);
+        assert_eq!(in_child(console, forbidden_ioctl), None);
     }
 }

@@ -32,7 +32,7 @@ use crate::seccomp;
 use crate::trace::BootTrace;
 use crate::vcpu::{self, exit::TripleFault, Vcpu};
 use crate::vm::{self, Vm};
-use seccompiler::BpfProgram;
+use seccompiler::sock_filter;
 
 /// Errors before the guest runs. Each maps to an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +79,6 @@ pub enum Error {
     Console(#[source] std::io::Error),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::Error),
 }
 
 impl Error {
@@ -191,22 +189,16 @@ pub struct Outcome {
 
 /// What every boot of one run shares besides the console.
 struct Shared {
-    /// The console thread's seccomp filter: built by the first boot while
-    /// it sets up, installed once its vCPUs run, then gone.
-    console_filter: ConsoleFilter,
+    /// The console thread's seccomp filter until the first boot installs
+    /// it, once its vCPUs run; then (and with --no-seccomp) none.
+    console_filter: Option<&'static [sock_filter]>,
     trace: Option<Arc<BootTrace>>,
     /// The host's CPUID as KVM supports it: asked for by the first boot
     /// (~0.3 ms here: KVM runs CPUID for every leaf, and each CPUID traps
     /// to the hypervisor below), kept for the reboots.
     cpuid: Option<CpuId>,
     /// The vCPU threads' seccomp filter (with --no-seccomp: none).
-    vcpu_filter: VcpuFilter,
-}
-
-enum VcpuFilter {
-    ToBuild,
-    Built(Arc<BpfProgram>),
-    Off,
+    vcpu_filter: Option<&'static [sock_filter]>,
 }
 
 impl Shared {
@@ -217,22 +209,6 @@ impl Shared {
         };
         Ok(self.cpuid.insert(cpuid))
     }
-
-    fn vcpu_filter(&mut self) -> Result<Option<Arc<BpfProgram>>, Error> {
-        if let VcpuFilter::ToBuild = self.vcpu_filter {
-            self.vcpu_filter = VcpuFilter::Built(Arc::new(seccomp::vcpu_filter()?));
-        }
-        Ok(match &self.vcpu_filter {
-            VcpuFilter::Built(f) => Some(f.clone()),
-            VcpuFilter::ToBuild | VcpuFilter::Off => None,
-        })
-    }
-}
-
-enum ConsoleFilter {
-    ToBuild { restart: bool },
-    Built(BpfProgram),
-    Done,
 }
 
 /// Runs the VM described by `config` until it ends, rebooting it in place
@@ -272,18 +248,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         _ => None,
     };
     let mut shared = Shared {
-        console_filter: if config.seccomp {
-            ConsoleFilter::ToBuild { restart }
-        } else {
-            ConsoleFilter::Done
-        },
+        console_filter: config.seccomp.then(|| seccomp::console_filter(restart)),
         trace,
         cpuid: None,
-        vcpu_filter: if config.seccomp {
-            VcpuFilter::ToBuild
-        } else {
-            VcpuFilter::Off
-        },
+        vcpu_filter: config.seccomp.then(seccomp::vcpu_filter),
     };
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
@@ -392,9 +360,8 @@ impl Vmm {
         // vCPUs drain the ring anyway.
         let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
         let mut vcpus = Starting::default();
-        let filter = shared.vcpu_filter()?;
         for id in 0..config.cpus {
-            vcpus.spawn(id, filter.clone(), triple_fault, control.clone())?;
+            vcpus.spawn(id, shared.vcpu_filter, triple_fault, control.clone())?;
         }
         let cpuid = shared.cpuid(kvm)?;
         for id in 0..config.cpus {
@@ -430,10 +397,6 @@ impl Vmm {
         io_bus.insert(pm, u64::from(PM1A_EVT_PORT), u64::from(ACPI_PORT_COUNT))?;
         let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(shared.trace.clone())));
         io_bus.insert(post, u64::from(POST_PORT), 1)?;
-
-        if let ConsoleFilter::ToBuild { restart } = shared.console_filter {
-            shared.console_filter = ConsoleFilter::Built(seccomp::console_filter(restart)?);
-        }
         Ok(Self {
             vcpus,
             vm,
@@ -457,9 +420,8 @@ impl Vmm {
             mmio: self.mmio_bus.clone(),
             trace: self.trace.clone(),
         });
-        let console_filter = std::mem::replace(&mut shared.console_filter, ConsoleFilter::Done);
-        if let ConsoleFilter::Built(f) = console_filter {
-            if let Err(e) = seccomp::install(&f) {
+        if let Some(f) = shared.console_filter.take() {
+            if let Err(e) = seccomp::install(f) {
                 self.control
                     .stop(StopReason::HostError(format!("console thread: {e}")));
             }
@@ -533,7 +495,7 @@ impl Starting {
     fn spawn(
         &mut self,
         id: u8,
-        filter: Option<Arc<BpfProgram>>,
+        filter: Option<&'static [sock_filter]>,
         triple_fault: TripleFault,
         control: Arc<VmControl>,
     ) -> Result<(), Error> {
@@ -542,7 +504,7 @@ impl Starting {
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 if let Some(f) = filter {
-                    if let Err(e) = seccomp::install(&f) {
+                    if let Err(e) = seccomp::install(f) {
                         control.stop(StopReason::HostError(format!("vCPU {id}: {e}")));
                         return None;
                     }
