@@ -153,8 +153,9 @@ fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
 /// compare, two unconditional jumps and a return for either outcome. The
 /// kernel pays for every instruction when a filter is installed (it
 /// translates and JIT-compiles the program and runs it for every system
-/// call number to build its cache): ~0.5 µs each on this host, so
-/// installing the two filters cost ~0.14 ms of every VM's lifetime.
+/// call number to build its cache): ~0.5 µs each on this host. Installing
+/// the two filters took ~0.19 ms of every VM's lifetime (traced), and
+/// ~0.07 ms once shortened (vCPU 102 -> 28 instructions, console 170 -> 38).
 ///
 /// This pass rewrites the program without changing what it returns for
 /// any input: every jump goes straight to where its chain of unconditional
