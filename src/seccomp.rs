@@ -48,8 +48,6 @@ mod policy;
 mod tests {
     use super::policy::*;
     use super::*;
-    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
-    use std::collections::BTreeMap;
 
     /// Runs `f` in a forked child with `filter` installed; returns the
     /// signal that killed the child, or None if it exited.
@@ -145,19 +143,6 @@ mod tests {
         }
     }
 
-    /// seccompiler's own program for the same rules, not shortened.
-    fn unshortened(rules: BTreeMap<i64, Vec<SeccompRule>>) -> BpfProgram {
-        SeccompFilter::new(
-            rules,
-            SeccompAction::KillProcess,
-            SeccompAction::Allow,
-            TargetArch::x86_64,
-        )
-        .unwrap()
-        .try_into()
-        .unwrap()
-    }
-
     fn same_verdicts(a: &[sock_filter], b: &[sock_filter]) {
         let requests = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, libc::TCGETS, 0];
         for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, 0] {
@@ -177,21 +162,6 @@ mod tests {
         }
     }
 
-    fn vcpu_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
-        let mut rules: BTreeMap<_, _> = VCPU_CALLS.iter().map(|&c| (c, vec![])).collect();
-        let ioctls = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS].map(|r| ioctl_rule(r).unwrap());
-        rules.insert(libc::SYS_ioctl, ioctls.to_vec());
-        rules
-    }
-
-    fn console_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
-        CONSOLE_CALLS
-            .iter()
-            .chain(RESTART_CALLS)
-            .map(|&c| (c, vec![]))
-            .collect()
-    }
-
     #[test]
     fn the_embedded_filters_are_the_policy() {
         assert_eq!(vcpu_filter(), vcpu_program().unwrap());
@@ -202,8 +172,12 @@ mod tests {
 
     #[test]
     fn shortened_filters_decide_as_seccompilers_own() {
-        for rules in [vcpu_rules(), console_rules()] {
-            let long = unshortened(rules);
+        for rules in [
+            vcpu_rules().unwrap(),
+            console_rules(false),
+            console_rules(true),
+        ] {
+            let long = seccompiler_program(rules).unwrap();
             let short = shorten(long.clone());
             same_verdicts(&long, &short);
             // One compare per allowed call, plus the arch check, the
@@ -244,7 +218,7 @@ mod tests {
         // 300 calls: the jump from the first compare to the shared return
         // would need an offset over 255.
         let rules = (0..300).map(|c| (c, vec![])).collect();
-        let long = unshortened(rules);
+        let long = seccompiler_program(rules).unwrap();
         assert_eq!(shorten(long.clone()), long);
         // A jump out of the program.
         let broken = vec![sock_filter {

@@ -44,7 +44,7 @@ pub const KVM_RUN: u64 = 0xae80;
 pub const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub const KVM_GET_SREGS: u64 = 0x8138_ae83;
 
-pub const VCPU_CALLS: &[i64] = &[
+const VCPU_CALLS: &[i64] = &[
     libc::SYS_write,
     libc::SYS_futex,
     libc::SYS_rt_sigreturn,
@@ -63,7 +63,7 @@ pub const VCPU_CALLS: &[i64] = &[
     libc::SYS_getpid,
 ];
 
-pub const CONSOLE_CALLS: &[i64] = &[
+const CONSOLE_CALLS: &[i64] = &[
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_read,
@@ -99,7 +99,7 @@ pub const CONSOLE_CALLS: &[i64] = &[
     libc::SYS_unlinkat,
 ];
 
-pub const RESTART_CALLS: &[i64] = &[
+const RESTART_CALLS: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
@@ -117,16 +117,17 @@ pub const RESTART_CALLS: &[i64] = &[
     libc::SYS_getrandom,
 ];
 
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, BackendError> {
-    let arch = TargetArch::x86_64;
-    let program: BpfProgram = SeccompFilter::new(
+/// seccompiler's own program for `rules`, as it compiles it.
+pub fn seccompiler_program(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+) -> Result<BpfProgram, BackendError> {
+    SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
-        arch,
+        TargetArch::x86_64,
     )?
-    .try_into()?;
-    Ok(shorten(program))
+    .try_into()
 }
 
 // Classic BPF opcodes (linux/bpf_common.h) that `shorten` looks at.
@@ -232,13 +233,13 @@ pub fn shorten(program: BpfProgram) -> BpfProgram {
     out
 }
 
-pub fn ioctl_rule(request: u64) -> Result<SeccompRule, BackendError> {
+fn ioctl_rule(request: u64) -> Result<SeccompRule, BackendError> {
     let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)?;
     SeccompRule::new(vec![cond])
 }
 
-/// The program for a vCPU thread.
-pub fn vcpu_program() -> Result<BpfProgram, BackendError> {
+/// What a vCPU thread may call.
+pub fn vcpu_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         VCPU_CALLS.iter().map(|&c| (c, vec![])).collect();
     rules.insert(
@@ -248,17 +249,26 @@ pub fn vcpu_program() -> Result<BpfProgram, BackendError> {
             .map(ioctl_rule)
             .collect::<Result<_, _>>()?,
     );
-    compile(rules)
+    Ok(rules)
+}
+
+/// What the console (main) thread may call; with `restart`, also what
+/// rebuilding the VM in place needs.
+pub fn console_rules(restart: bool) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let extra: &[i64] = if restart { RESTART_CALLS } else { &[] };
+    CONSOLE_CALLS
+        .iter()
+        .chain(extra)
+        .map(|&c| (c, vec![]))
+        .collect()
+}
+
+/// The program for a vCPU thread.
+pub fn vcpu_program() -> Result<BpfProgram, BackendError> {
+    Ok(shorten(seccompiler_program(vcpu_rules()?)?))
 }
 
 /// The program for the console (main) thread.
 pub fn console_program(restart: bool) -> Result<BpfProgram, BackendError> {
-    let extra: &[i64] = if restart { RESTART_CALLS } else { &[] };
-    compile(
-        CONSOLE_CALLS
-            .iter()
-            .chain(extra)
-            .map(|&c| (c, vec![]))
-            .collect(),
-    )
+    Ok(shorten(seccompiler_program(console_rules(restart))?))
 }
