@@ -67,8 +67,7 @@ fn run(out: &mut Vec<u8>, first_exit: bool) -> Result<u8, String> {
     .map_err(|e| e.to_string())?;
     boot_params::write_linux(&mem, &params).map_err(|e| e.to_string())?;
 
-    let vm = Vm::new(&kvm, false).map_err(|e| format!("VM: {e}"))?;
-    vm.add_memory(&mem).map_err(|e| format!("VM memory: {e}"))?;
+    let vm = Vm::new(&kvm, &mem, false).map_err(|e| format!("VM: {e}"))?;
     let vcpu = vm
         .fd()
         .create_vcpu(0)

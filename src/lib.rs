@@ -14,6 +14,7 @@ pub mod loader;
 pub mod memory;
 pub mod seccomp;
 pub mod status;
+pub mod teardown;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

@@ -30,7 +30,8 @@
 //! - unlink, unlinkat (removing the serial socket at exit)
 //! - with `--on-reboot restart` also what rebuilding the VM needs: openat,
 //!   newfstatat, fstat, statx, lseek, eventfd2, clone, clone3, mprotect,
-//!   set_robust_list, rseq, prctl, seccomp, sched_getaffinity, getrandom.
+//!   set_robust_list, rseq, prctl, seccomp, sched_getaffinity, getrandom,
+//!   sendmsg (handing the new VM to the teardown helper).
 
 use std::collections::BTreeMap;
 
@@ -115,6 +116,7 @@ const RESTART_CALLS: &[i64] = &[
     libc::SYS_seccomp,
     libc::SYS_sched_getaffinity,
     libc::SYS_getrandom,
+    libc::SYS_sendmsg,
 ];
 
 /// seccompiler's own program for `rules`, as it compiles it.

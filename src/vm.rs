@@ -35,25 +35,29 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM and, if `irqchip`, the in-kernel interrupt controllers
-    /// and PIT (KVM wants those before any vCPU). Guest memory comes later,
-    /// through [`Vm::add_memory`], so that vCPUs can be created meanwhile.
-    pub fn new(kvm: &Kvm, irqchip: bool) -> Result<Self, Error> {
+    /// Creates the VM with `mem` as its physical memory and, if `irqchip`,
+    /// the in-kernel interrupt controllers and PIT (KVM wants those before
+    /// any vCPU). Memory is registered first: once an irqchip exists, each
+    /// memory slot change waits for an SRCU grace period (Firecracker's
+    /// order, for the same reason).
+    pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<Self, Error> {
         let fd = kvm.create_vm().map_err(Error::Create)?;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(Error::Tss)?;
+        let vm = Self { fd, irqchip };
+        vm.add_memory(mem)?;
         if irqchip {
-            fd.create_irq_chip().map_err(Error::Irqchip)?;
+            vm.fd.create_irq_chip().map_err(Error::Irqchip)?;
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
-            fd.create_pit2(pit).map_err(Error::Pit)?;
+            vm.fd.create_pit2(pit).map_err(Error::Pit)?;
         }
-        Ok(Self { fd, irqchip })
+        Ok(vm)
     }
 
     /// Gives the guest `mem` as its physical memory, one slot per region.
-    pub fn add_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
+    fn add_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,

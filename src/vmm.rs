@@ -2,6 +2,7 @@
 //! owns their lifetime. It knows no exit; the vCPU loop and the devices
 //! report how the VM ends through [`VmControl`].
 
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +30,7 @@ use crate::devices::{
 use crate::loader::{self, LoadedKernel};
 use crate::memory;
 use crate::seccomp;
+use crate::teardown::Reaper;
 use crate::trace::BootTrace;
 use crate::vcpu::{self, exit::TripleFault, Vcpu};
 use crate::vm::{self, Vm};
@@ -199,6 +201,9 @@ struct Shared {
     cpuid: Option<CpuId>,
     /// The vCPU threads' seccomp filter (with --no-seccomp: none).
     vcpu_filter: Option<&'static [sock_filter]>,
+    /// The helper that destroys each VM after kvmini has reported; made
+    /// before the first VM (and before any thread), kept for the reboots.
+    reaper: Option<Reaper>,
 }
 
 impl Shared {
@@ -252,6 +257,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         trace,
         cpuid: None,
         vcpu_filter: config.seccomp.then(seccomp::vcpu_filter),
+        reaper: None,
     };
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
@@ -349,8 +355,24 @@ impl Vmm {
         // on a third, saved this host ~0.07 ms of wall time per VM but cost
         // ~0.4 ms of CPU time (two CPUs, three threads: migrations,
         // wake-ups, and kernel workers waiting for a CPU).
-        let vm = Arc::new(Vm::new(kvm, config.wants_irqchip())?);
-        vm.add_memory(&mem)?;
+        // Without the irqchip KVM destroys a VM in well under a millisecond
+        // here, less than the helper costs; with it, it waits for grace
+        // periods (docs/benchmarks.md), and the helper takes that wait.
+        if config.wants_irqchip() && shared.reaper.is_none() {
+            shared.reaper = match Reaper::start() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log::debug!("the VM is destroyed on kvmini's own path: {e}");
+                    None
+                }
+            };
+        }
+        let vm = Arc::new(Vm::new(kvm, &mem, config.wants_irqchip())?);
+        if let Some(r) = &shared.reaper {
+            if let Err(e) = r.hand_over(vm.fd().as_raw_fd()) {
+                log::debug!("the VM is destroyed on kvmini's own path: {e}");
+            }
+        }
         // Without interrupts nothing waits for a THR write to take effect
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
