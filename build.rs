@@ -9,6 +9,10 @@
 //! target, no network, no prebuilt binary. Because we call rustc ourselves,
 //! none of the outer build's flags (RUSTFLAGS / CARGO_ENCODED_RUSTFLAGS, e.g.
 //! cargo-fuzz's sanitizer flags, or the profile's opt-level) reach the guest.
+//!
+//! It also probes whether this machine's KVM is usable and, if so, sets
+//! `cfg(kvm_usable)` for every target of the package: the integration tests
+//! that boot a guest are `#[ignore]`d without it (see [`probe_kvm`]).
 
 use std::env;
 use std::fs;
@@ -67,6 +71,50 @@ fn rerun_if_changed(dir: &Path) {
     }
 }
 
+/// `KVM_GET_API_VERSION`, `_IO(KVMIO, 0x00)`; every KVM answers 12.
+const KVM_GET_API_VERSION: libc::Ioctl = 0xAE00;
+const KVM_API_VERSION: libc::c_int = 12;
+
+/// Whether the tests that boot a guest can run here: /dev/kvm opens
+/// read-write and answers `KVM_GET_API_VERSION` with 12, and
+/// `KVMINI_SKIP_KVM_TESTS=1` does not ask to skip them. Emits
+/// `cargo:rustc-cfg=kvm_usable` when they can, so that they run, and
+/// otherwise leaves them `#[ignore]`d, which the test runner reports.
+///
+/// The answer is cached with the build: cargo reruns this script when the
+/// variable changes or /dev/kvm's mtime does (it appears, disappears or is
+/// recreated). Access granted later without touching the node (a new
+/// group membership, a chmod) is not seen: `touch build.rs` re-probes.
+fn probe_kvm() {
+    println!("cargo:rustc-check-cfg=cfg(kvm_usable)");
+    println!("cargo:rerun-if-env-changed=KVMINI_SKIP_KVM_TESTS");
+    let dev = Path::new("/dev/kvm");
+    if dev.exists() {
+        println!("cargo:rerun-if-changed=/dev/kvm");
+    } else {
+        // cargo treats a missing rerun-if-changed path as changed, which
+        // would rerun this script and rebuild kvmini on every build; /dev
+        // itself changes when /dev/kvm appears.
+        println!("cargo:rerun-if-changed=/dev");
+    }
+    if env::var_os("KVMINI_SKIP_KVM_TESTS").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: a NUL-terminated path; open returns a new descriptor or -1.
+    let fd = unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: KVM_GET_API_VERSION takes no argument and touches no memory;
+    // on a descriptor that is not /dev/kvm it fails with ENOTTY.
+    let version = unsafe { libc::ioctl(fd, KVM_GET_API_VERSION, 0) };
+    // SAFETY: fd is the descriptor opened above, closed once.
+    unsafe { libc::close(fd) };
+    if version == KVM_API_VERSION {
+        println!("cargo:rustc-cfg=kvm_usable");
+    }
+}
+
 /// Report a guest build failure plainly (no build-script backtrace) and stop.
 fn fail(msg: std::fmt::Arguments) -> ! {
     eprintln!("error: building the tiny guest (guest/) failed: {msg}");
@@ -76,6 +124,7 @@ fn fail(msg: std::fmt::Arguments) -> ! {
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
+    probe_kvm();
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -125,10 +125,11 @@ fn boot_protocol_garbage() {
 // ---- files ----------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_missing() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--kernel", "/nonexistent/vmlinux"]);
     assert_error(
         &r,
@@ -142,30 +143,33 @@ fn kernel_missing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_is_a_directory() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("kdir");
     let d = dir.0.display().to_string();
     assert_error(&kvmini(&["--kernel", &d]), 2, &[&d, "is a directory"]);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_empty() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("kempty");
     let k = write(&dir, "empty", b"");
     assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "empty"]);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_random_bytes() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("krandom");
     let mut x = 0x1234_5678_9abc_def0u64;
     let bytes: Vec<u8> = (0..65536)
@@ -181,10 +185,11 @@ fn kernel_random_bytes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_truncated_elf() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("ktrunc");
     let elf = tiny_guest_elf();
     for len in [10, 100, 1000] {
@@ -194,10 +199,11 @@ fn kernel_truncated_elf() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_elf_for_another_architecture() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("karch");
     let mut elf = tiny_guest_elf();
     elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
@@ -206,10 +212,11 @@ fn kernel_elf_for_another_architecture() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_32_bit_elf() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("k32");
     let mut elf = tiny_guest_elf();
     elf[4] = 1; // ELFCLASS32
@@ -218,10 +225,11 @@ fn kernel_32_bit_elf() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_bzimage_with_corrupted_header() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("kbz");
     let mut bz = vec![0u8; 0x4000];
     bz[0x202..0x206].copy_from_slice(b"HdrS");
@@ -236,10 +244,11 @@ fn kernel_bzimage_with_corrupted_header() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_that_does_not_fit_in_memory() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("kbig");
     let mut elf = tiny_guest_elf();
     // Move the first program header's physical address to 100 MiB.
@@ -254,10 +263,11 @@ fn kernel_that_does_not_fit_in_memory() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn kernel_entry_below_1m() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("kentry");
     let mut elf = tiny_guest_elf();
     elf[0x18..0x20].copy_from_slice(&0x1000u64.to_le_bytes()); // e_entry
@@ -266,19 +276,21 @@ fn kernel_entry_below_1m() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn initramfs_missing() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--initramfs", "/nonexistent/initrd"]);
     assert_error(&r, 2, &["--initramfs /nonexistent/initrd", "cannot read"]);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn initramfs_is_a_directory() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("idir");
     let d = dir.0.display().to_string();
     assert_error(
@@ -289,10 +301,11 @@ fn initramfs_is_a_directory() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn initramfs_larger_than_memory() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("ibig");
     let p = dir.path("huge.cpio");
     let f = std::fs::File::create(&p).unwrap();
@@ -306,10 +319,11 @@ fn initramfs_larger_than_memory() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn memory_more_than_the_host_can_map() {
-    if !kvm_available() {
-        return;
-    }
     assert_error(
         &kvmini(&["--memory", "1000T"]),
         2,
@@ -318,10 +332,11 @@ fn memory_more_than_the_host_can_map() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn memory_below_minimum() {
-    if !kvm_available() {
-        return;
-    }
     assert_error(
         &kvmini(&["--memory", "1M"]),
         2,
@@ -330,10 +345,11 @@ fn memory_below_minimum() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn cmdline_over_the_limit() {
-    if !kvm_available() {
-        return;
-    }
     let long = "x".repeat(3000);
     assert_error(
         &kvmini(&["--cmdline", &long]),
@@ -343,10 +359,11 @@ fn cmdline_over_the_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn cmdline_not_ascii() {
-    if !kvm_available() {
-        return;
-    }
     assert_error(
         &kvmini(&["--cmdline", "caf\u{e9}"]),
         2,
@@ -355,10 +372,11 @@ fn cmdline_not_ascii() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_file_in_missing_directory() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--serial", "file=/nonexistent/dir/console.log"]);
     assert_error(
         &r,
@@ -368,10 +386,11 @@ fn serial_file_in_missing_directory() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn pvh_requested_for_a_kernel_without_the_note() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("nopvh");
     let mut elf = tiny_guest_elf();
     // Turn every PT_NOTE into PT_NULL: the PVH note disappears.
@@ -418,10 +437,11 @@ fn kvm_not_openable_is_status_3() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn smp_without_irqchip() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cpus", "2", "--irqchip", "off"]);
     assert_error(&r, 2, &["--cpus 2", "irqchip"]);
 }

@@ -97,10 +97,11 @@ fn on_tiny_guest(example: &str, linux: &str, tiny: &str) -> String {
 const VERDICT: &str = "kvmini --kernel bzImage --initramfs tests.cpio --until 'ALL TESTS PASSED' --fail-on 'Kernel panic|FAILED' --timeout 60s";
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn verdict_example_with_a_bzimage() {
-    if !kvm_available() {
-        return;
-    }
     assert_in_ci_section(VERDICT);
     let dir = TempDir::new("ci-verdict");
     assert_flags_accepted(&dir.0, VERDICT);
@@ -148,10 +149,11 @@ fn verdict_example_with_a_bzimage() {
 // matched the banner (see serial_console.rs,
 // fail_on_matches_output_printed_just_before_a_clean_exit).
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn verdict_examples_with_the_tiny_guest() {
-    if !kvm_available() {
-        return;
-    }
     for (example, want) in [
         (
             "kvmini --cmdline 'hello ALL TESTS PASSED' --until 'ALL TESTS PASSED' --fail-on 'FAILED' --timeout 10s; echo $?   # 0",
@@ -195,10 +197,11 @@ esac
 exit $status"#;
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn status_script_example() {
-    if !kvm_available() {
-        return;
-    }
     assert_in_ci_section(STATUS_SCRIPT);
     let dir = TempDir::new("ci-script");
 
@@ -265,10 +268,11 @@ const INPUT_TINY: &str = "printf 'ALL TESTS PASSED\\n' > commands.txt
 kvmini --cmdline echo --input commands.txt --input-after 'echo ready' --until 'ALL TESTS PASSED' --timeout 10s; echo $?   # 0";
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn input_at_a_prompt_example() {
-    if !kvm_available() {
-        return;
-    }
     assert_in_ci_section(INPUT_LINUX);
     let dir = TempDir::new("ci-input");
     assert_flags_accepted(&dir.0, INPUT_LINUX);
@@ -305,10 +309,11 @@ const TTYS1_LINUX: &str = "kvmini --kernel bzImage --initramfs tests.cpio --seri
 const TTYS1_TINY: &str = "kvmini --cmdline com2 --serial2 file=results.txt";
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn results_on_ttys1_example() {
-    if !kvm_available() {
-        return;
-    }
     assert_in_ci_section(TTYS1_LINUX);
     let dir = TempDir::new("ci-ttys1");
     assert_flags_accepted(&dir.0, TTYS1_LINUX);
@@ -346,10 +351,11 @@ fn results_on_ttys1_example() {
 // ---- Using kvmini in CI: let the guest decide --------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn guest_status_example() {
-    if !kvm_available() {
-        return;
-    }
     let example = "kvmini --cmdline 'exit=3'; echo $?";
     assert_in_ci_section(&format!("`{example}` prints 3"));
     let dir = TempDir::new("ci-exit");
@@ -364,10 +370,11 @@ fn guest_status_example() {
 // ---- Serial console section ---------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_console_examples_with_the_tiny_guest() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("serial-examples");
 
     let piped = "printf 'hello\\n\\004' | kvmini --cmdline echo";
@@ -422,10 +429,11 @@ fn serial_console_examples_with_the_tiny_guest() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_example_with_socat() {
-    if !kvm_available() {
-        return;
-    }
     // The README attaches with socat; run that client if it is installed.
     let client = "socat - UNIX-CONNECT:/tmp/vm.sock";
     assert_shown("Serial console", client);

@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn guest_reboot_exits_0() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "reboot"]);
     assert_eq!(r.stdout_str(), "rebooting\n");
     assert_eq!(r.status, Some(0));
@@ -22,10 +23,11 @@ fn guest_reboot_exits_0() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn acpi_poweroff_exits_0() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "poweroff"]);
     assert_eq!(r.stdout_str(), "powering off\n");
     assert_eq!(r.status, Some(0));
@@ -36,10 +38,11 @@ fn acpi_poweroff_exits_0() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn panic_banner_then_reboot_is_a_panic() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "panic"]);
     assert!(r.stdout_str().starts_with("Kernel panic - not syncing"));
     assert_eq!(r.status, Some(6));
@@ -50,10 +53,11 @@ fn panic_banner_then_reboot_is_a_panic() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn on_reboot_restart_boots_again() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[
         "--cmdline",
         "reboot",
@@ -68,10 +72,11 @@ fn on_reboot_restart_boots_again() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn several_vcpus_boot_and_every_thread_is_joined() {
-    if !kvm_available() {
-        return;
-    }
     for cpus in ["2", "4", "16"] {
         let r = kvmini(&["--cpus", cpus]);
         assert_eq!(r.status, Some(0), "--cpus {cpus}: {}", r.stderr);
@@ -84,10 +89,11 @@ fn several_vcpus_boot_and_every_thread_is_joined() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn boot_trace_shows_the_timeline_and_post_codes() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "post", "--boot-trace"]);
     assert_eq!(r.status, Some(0));
     let lines: Vec<&str> = r.stderr.lines().collect();
@@ -134,10 +140,11 @@ fn signalled(args: &[&str], signal: i32) -> (Option<i32>, Vec<u8>, String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn sigterm_and_sigint_stop_the_vm_with_their_status() {
-    if !kvm_available() {
-        return;
-    }
     for (sig, status, name) in [
         (libc::SIGTERM, 143, "SIGTERM"),
         (libc::SIGINT, 130, "SIGINT"),
@@ -155,10 +162,11 @@ fn sigterm_and_sigint_stop_the_vm_with_their_status() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn closed_stdout_does_not_panic() {
-    if !kvm_available() {
-        return;
-    }
     let mut child = Command::new(KVMINI)
         .args(["--cmdline", "flood=20000"])
         .stdin(Stdio::null())
@@ -185,10 +193,11 @@ fn closed_stdout_does_not_panic() {
 /// 50 VMs at once, each flooding its own seeded pattern, half to pipes and
 /// half to `--serial file=`: every transcript is byte-exact.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn fifty_concurrent_floods_are_byte_exact() {
-    if !kvm_available() {
-        return;
-    }
     const VMS: u64 = 50;
     const BYTES: usize = 4000;
     let dir = TempDir::new("fifty");
@@ -237,10 +246,11 @@ fn fifty_concurrent_floods_are_byte_exact() {
 /// A reader that never reads: the pipe fills, the guest waits for it, and
 /// kvmini still sees its timeout and signals.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn stdout_pipe_nobody_reads_does_not_hang_kvmini() {
-    if !kvm_available() {
-        return;
-    }
     let mut child = Command::new(KVMINI)
         .args(["--cmdline", "flood=100000000", "--timeout", "3s"])
         .stdin(Stdio::null())

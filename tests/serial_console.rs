@@ -242,10 +242,11 @@ fn path_str(p: &Path) -> String {
 // ---- pty ----------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn pty_backend_is_a_raw_terminal_both_ways() {
-    if !kvm_available() {
-        return;
-    }
     let mut s = Session::spawn(&["--serial", "pty", "--cmdline", "echo", "--timeout", "60s"]);
     let line = s.stderr_line(" is on /dev/pts/");
     let path = line
@@ -271,10 +272,11 @@ fn pty_backend_is_a_raw_terminal_both_ways() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial2_pty_names_its_flag() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "com2", "--serial2", "pty", "--timeout", "60s"]);
     r.assert_no_panic();
     assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
@@ -291,15 +293,20 @@ fn serial2_pty_names_its_flag() {
 // ---- socket -------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_serves_one_client_after_another_and_replays_missed_output() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("sock");
     let sock = dir.path("vm.sock");
+    // The log shows what the guest wrote, client or none.
+    let log = dir.path("log");
     let s = Session::spawn(&[
         "--serial",
         &format!("socket={}", path_str(&sock)),
+        "--serial-log",
+        &path_str(&log),
         "--cmdline",
         "echo",
         "--timeout",
@@ -316,8 +323,19 @@ fn socket_serves_one_client_after_another_and_replays_missed_output() {
     c1.write_all(b"typed by the first client, echoed to the second\n")
         .unwrap();
     drop(c1);
-    // Time for the guest to echo it into the replay buffer.
-    std::thread::sleep(Duration::from_millis(500));
+    // Connect again only once the guest has echoed it (the log shows it):
+    // the console queues output for the socket and writes it to the log in
+    // one step, so the second client gets that line replayed, not live.
+    let want: &[u8] = b"echo ready\none\ntyped by the first client, echoed to the second\n";
+    let deadline = Instant::now() + PATIENCE;
+    while std::fs::read(&log).unwrap_or_default() != want {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not echo the first client's last line: log holds {:?}",
+            String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let mut c2 = connect(&sock);
     read_exactly(
@@ -337,10 +355,11 @@ fn socket_serves_one_client_after_another_and_replays_missed_output() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_output_before_the_first_client_is_replayed() {
-    if !kvm_available() {
-        return;
-    }
     // --input types into COM1 from the start, so the guest echoes it before
     // anybody connects; the first client gets all of it, in order.
     let dir = TempDir::new("sock-early");
@@ -379,10 +398,11 @@ fn socket_output_before_the_first_client_is_replayed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_replay_keeps_the_newest_64_kib() {
-    if !kvm_available() {
-        return;
-    }
     // 70000 echoed bytes with nobody connected: the client gets exactly the
     // last 65536 bytes of the output.
     let dir = TempDir::new("sock-big");
@@ -439,10 +459,11 @@ fn socket_replay_keeps_the_newest_64_kib() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_second_connection_waits_for_the_first_to_leave() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("sock-two");
     let sock = dir.path("vm.sock");
     let s = Session::spawn(&[
@@ -482,10 +503,11 @@ fn socket_second_connection_waits_for_the_first_to_leave() {
 // send(2) and so never saw --timeout or SIGTERM. Output to every back end is
 // now written without blocking; a slow client costs output, never control.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn socket_client_that_stops_reading_does_not_block_the_timeout() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("sock-stuck");
     let sock = dir.path("vm.sock");
     let s = Session::spawn(&[
@@ -507,10 +529,11 @@ fn socket_client_that_stops_reading_does_not_block_the_timeout() {
 // ---- file, null, COM2 ----------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn com1_to_file_and_to_null() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("com1-file");
     let out = dir.path("com1.txt");
     std::fs::write(
@@ -541,10 +564,11 @@ fn com1_to_file_and_to_null() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn com2_from_the_tiny_guest_to_a_file() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("com2-file");
     let out = dir.path("ttyS1.txt");
     let r = kvmini(&[
@@ -566,10 +590,11 @@ fn com2_from_the_tiny_guest_to_a_file() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn com2_to_null_and_both_ports_to_files() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "com2", "--serial2", "null", "--timeout", "60s"]);
     assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
     assert_eq!(r.stdout_str(), "com2 done\n");
@@ -596,10 +621,11 @@ fn com2_to_null_and_both_ports_to_files() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn without_serial2_com2_output_goes_nowhere() {
-    if !kvm_available() {
-        return;
-    }
     // No COM2 device: the guest's COM2 writes are ignored, and COM1 still
     // carries only its own line.
     let r = kvmini(&["--cmdline", "com2", "--timeout", "60s"]);
@@ -608,10 +634,11 @@ fn without_serial2_com2_output_goes_nowhere() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial2_stdio_next_to_com1_stdio_is_bad_input() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--serial2", "stdio", "--timeout", "60s"]);
     r.assert_no_panic();
     assert_eq!(r.status, Some(2), "stderr:\n{}", r.stderr);
@@ -637,10 +664,11 @@ fn serial2_stdio_next_to_com1_stdio_is_bad_input() {
 // ---- --serial-log ----------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_log_copies_com1_exactly() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("log");
     let log = dir.path("console.log");
     // Next to stdio: the same bytes in both.
@@ -693,10 +721,11 @@ fn split_stamp(line: &str) -> (f64, &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_log_timestamps_prefix_every_line() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("log-ts");
     let log = dir.path("console.log");
     let r = kvmini(&[
@@ -730,38 +759,52 @@ fn serial_log_timestamps_prefix_every_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_log_timestamps_count_from_kvmini_start() {
-    if !kvm_available() {
-        return;
-    }
-    // A line typed 1.5 s after start is stamped about 1.5 s, and a line
-    // split over two writes gets one stamp.
+    // A line typed 1.5 s after the banner is stamped 1.5 s after it, on a
+    // clock that starts with kvmini, and a line split over two writes gets
+    // one stamp.
     let dir = TempDir::new("log-ts2");
     let log = dir.path("console.log");
-    let mut s = Session::spawn_with_stdin(
-        &[
-            "--serial-log",
-            &path_str(&log),
-            "--serial-timestamps",
-            "--cmdline",
-            "echo",
-            "--timeout",
-            "60s",
-        ],
-        Stdio::piped(),
-    );
-    let started = Instant::now();
+    // Every time below is seconds since just before the spawn, so kvmini's
+    // clock starts after 0 and before the banner is seen; and a line is
+    // stamped (when it reaches the log) before its echo reaches stdout.
+    let before = Instant::now();
+    let mut s = Session::spawn_live(&[
+        "--serial-log",
+        &path_str(&log),
+        "--serial-timestamps",
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "60s",
+    ]);
     let mut stdin = s.child.stdin.take().unwrap();
+    let mut out = File::from(std::os::fd::OwnedFd::from(s.child.stdout.take().unwrap()));
+    expect_bytes(&mut out, b"echo ready\n", "banner");
+    let banner_seen = before.elapsed().as_secs_f64();
+    // The delay the stamps must show (not a wait for anything).
     std::thread::sleep(Duration::from_millis(1500));
+    let typed = before.elapsed().as_secs_f64();
     stdin.write_all(b"late li").unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Its echo is on stdout, so logged: the rest of the line is another
+    // write.
+    expect_bytes(&mut out, b"late li", "first half of the late line");
+    let late_seen = before.elapsed().as_secs_f64();
     stdin.write_all(b"ne\n\nx").unwrap();
     stdin.write_all(&[0x04]).unwrap();
     drop(stdin);
+    expect_bytes(&mut out, b"ne\n\nx", "rest of the output");
     let r = s.finish();
-    let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
+    // stdout had the same bytes, unstamped, and nothing else.
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"", "stdout after the guest's last echo");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.split('\n').collect();
     assert_eq!(lines.len(), 4, "{text:?}");
@@ -770,14 +813,22 @@ fn serial_log_timestamps_count_from_kvmini_start() {
     let (t2, l2) = split_stamp(lines[2]);
     let (t3, l3) = split_stamp(lines[3]);
     assert_eq!([l0, l1, l2, l3], ["echo ready", "late line", "", "x"]);
-    assert!(t0 < 1.5, "banner stamped {t0}");
-    // kvmini starts its clock a little after spawn() returns, so allow
-    // some slack below 1.5 s; above, the line cannot be later than now.
-    assert!(t1 >= 1.2 && t1 <= elapsed + 0.5, "late line stamped {t1}");
-    assert!(t1 - t0 >= 1.0, "banner {t0}, late line {t1}");
+    // Stamps are truncated to microseconds: 1 ms of slack covers that.
+    let slack = 0.001;
+    assert!(
+        t0 <= banner_seen,
+        "banner stamped {t0}, seen at {banner_seen}"
+    );
+    assert!(
+        t1 >= typed - banner_seen - slack && t1 <= late_seen,
+        "late line stamped {t1}: typed at {typed}, banner seen at {banner_seen}, \
+         echo seen at {late_seen}"
+    );
+    assert!(
+        t1 - t0 >= typed - banner_seen - slack,
+        "banner {t0}, late line {t1}"
+    );
     assert!(t1 <= t2 && t2 <= t3, "{text}");
-    // stdout has the same bytes, unstamped.
-    assert_eq!(r.stdout, b"echo ready\nlate line\n\nx");
 }
 
 // ---- --until / --fail-on -----------------------------------------------------
@@ -799,10 +850,11 @@ fn echo_typing(tag: &str, typed: &[u8], args: &[&str]) -> Run {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn until_stops_the_vm_with_status_0_when_the_output_matches() {
-    if !kvm_available() {
-        return;
-    }
     let r = echo_typing(
         "until",
         b"running 3 tests\nALL TESTS PASSED\n",
@@ -821,10 +873,11 @@ fn until_stops_the_vm_with_status_0_when_the_output_matches() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn until_pattern_may_span_lines() {
-    if !kvm_available() {
-        return;
-    }
     let r = echo_typing(
         "until-span",
         b"memory: 128 MiB\ncmdline: x\n",
@@ -838,10 +891,11 @@ fn until_pattern_may_span_lines() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn any_of_several_until_patterns_stops_the_vm() {
-    if !kvm_available() {
-        return;
-    }
     let r = echo_typing(
         "until-many",
         b"step 1\nstep 2 done\n",
@@ -862,10 +916,11 @@ fn any_of_several_until_patterns_stops_the_vm() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn fail_on_stops_the_vm_with_status_7() {
-    if !kvm_available() {
-        return;
-    }
     let r = echo_typing(
         "fail-on",
         b"test_a ok\ntest_b FAILED\n",
@@ -879,10 +934,11 @@ fn fail_on_stops_the_vm_with_status_7() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn fail_on_wins_over_until() {
-    if !kvm_available() {
-        return;
-    }
     // Both patterns match the same output.
     let r = echo_typing(
         "fail-wins",
@@ -929,10 +985,11 @@ fn cut_line(tag: &str, typed: &[u8], args: &[&str]) -> (Run, Vec<u8>) {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn a_line_kvmini_cuts_is_ended_on_stdout_and_logged_exactly() {
-    if !kvm_available() {
-        return;
-    }
     for (args, status) in [
         (&["--fail-on", "FAILED", "--timeout", "60s"][..], 7),
         (&["--until", "PASSED", "--timeout", "60s"][..], 0),
@@ -955,10 +1012,11 @@ fn a_line_kvmini_cuts_is_ended_on_stdout_and_logged_exactly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn until_that_never_matches_ends_in_the_timeout() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[
         "--cmdline",
         "spin",
@@ -975,10 +1033,11 @@ fn until_that_never_matches_ends_in_the_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn patterns_see_only_com1() {
-    if !kvm_available() {
-        return;
-    }
     // COM2's line contains "COM2"; only COM1 is watched, so the guest runs
     // to its own end.
     let r = kvmini(&[
@@ -1002,10 +1061,11 @@ fn patterns_see_only_com1() {
 // on a guest that printed FAILED and exited 0 reported success (status 0).
 // Output printed before the guest's exit must still decide the verdict.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn fail_on_matches_output_printed_just_before_a_clean_exit() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[
         "--cmdline",
         "hello test_b FAILED",
@@ -1046,10 +1106,11 @@ fn fail_on_matches_output_printed_just_before_a_clean_exit() {
 // Regression (same cause as above): --until on the hello banner was
 // reported as the guest's debug-exit instead of as the --until match.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn until_matches_output_printed_just_before_a_clean_exit() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[
         "--cmdline",
         "hello ALL TESTS PASSED",
@@ -1073,10 +1134,11 @@ fn until_matches_output_printed_just_before_a_clean_exit() {
 // ^\nerror: unclosed group"), which put 4 lines on stderr instead of the
 // one-line error every other bad input gets.
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn invalid_patterns_are_bad_input_naming_the_flag() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("bad-re");
     let input = dir.path("input");
     std::fs::write(&input, b"x").unwrap();
@@ -1115,10 +1177,11 @@ fn typed_3000() -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn input_is_typed_with_back_pressure() {
-    if !kvm_available() {
-        return;
-    }
     // 3000 bytes through a 64-byte FIFO: nothing lost, nothing reordered.
     let typed = typed_3000();
     let r = echo_typing("input", &typed, &["--timeout", "60s"]);
@@ -1130,10 +1193,11 @@ fn input_is_typed_with_back_pressure() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn input_after_waits_for_the_pattern() {
-    if !kvm_available() {
-        return;
-    }
     let typed = typed_3000();
     let r = echo_typing(
         "input-after",
@@ -1147,10 +1211,11 @@ fn input_after_waits_for_the_pattern() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn input_after_that_never_matches_types_nothing() {
-    if !kvm_available() {
-        return;
-    }
     let r = echo_typing(
         "input-never",
         &typed_3000(),
@@ -1162,10 +1227,11 @@ fn input_after_that_never_matches_types_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn until_stops_an_echo_guest_on_what_the_input_made_it_echo() {
-    if !kvm_available() {
-        return;
-    }
     // The guest would echo forever (no Ctrl-D in the input); --until ends it
     // once the second command's echo appears.
     let r = echo_typing(
@@ -1194,10 +1260,11 @@ fn until_stops_an_echo_guest_on_what_the_input_made_it_echo() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn missing_input_file_is_bad_input() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[
         "--input",
         "/nonexistent/commands.txt",
@@ -1217,10 +1284,11 @@ fn missing_input_file_is_bad_input() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn input_reaches_com1_whatever_its_back_end() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("input-null");
     let log = dir.path("log");
     let r = echo_typing(
@@ -1244,10 +1312,11 @@ fn input_reaches_com1_whatever_its_back_end() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn stdin_pipe_is_forwarded_and_its_eof_does_not_end_the_vm() {
-    if !kvm_available() {
-        return;
-    }
     // No Ctrl-D: stdin ends, the guest keeps waiting, --timeout ends it.
     // Ctrl-A is not an escape key on a pipe.
     let typed: &[u8] = b"piped\n\x01x\x01\x01";
@@ -1262,10 +1331,11 @@ fn stdin_pipe_is_forwarded_and_its_eof_does_not_end_the_vm() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn stdio_output_is_live_while_the_guest_runs() {
-    if !kvm_available() {
-        return;
-    }
     // Each echo must reach stdout while the guest still runs, not when it
     // exits: an interactive console, and --until on live output, need it.
     let mut s = Session::spawn_live(&["--cmdline", "echo", "--timeout", "60s"]);

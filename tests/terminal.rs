@@ -4,19 +4,29 @@
 
 mod common;
 use common::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
-/// Runs `kvmini ARGS` on a fresh pty, typing `keys` (in timed chunks).
-/// Returns the transcript, with `stty -g` printed before and after, and
-/// without the terminal's carriage returns.
-fn on_tty(args: &str, keys: &[&[u8]]) -> String {
-    on_tty_raw(args, keys).replace('\r', "")
+/// How long a test waits for the terminal to show what it expects, and then
+/// for kvmini to finish, before it fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `kvmini ARGS` on a fresh pty, typing as it goes: for each
+/// `(shown, keys)` step it waits until the transcript (carriage returns
+/// aside) shows `shown` after what the step before waited for, then types
+/// `keys`. The first step waits for the guest's banner (kvmini makes the
+/// terminal raw before it starts the guest, so no key reaches a cooked
+/// terminal), later ones for the guest's echo of the keys before. Returns
+/// the transcript, with `stty -g` printed before and after, and without the
+/// terminal's carriage returns.
+fn on_tty(args: &str, steps: &[(&str, &[u8])]) -> String {
+    on_tty_raw(args, steps).replace('\r', "")
 }
 
 /// [`on_tty`] with the carriage returns left in.
-fn on_tty_raw(args: &str, keys: &[&[u8]]) -> String {
+fn on_tty_raw(args: &str, steps: &[(&str, &[u8])]) -> String {
     assert!(
         std::path::Path::new("/usr/bin/script").exists(),
         "this test needs script(1) from util-linux to provide a terminal"
@@ -30,14 +40,80 @@ fn on_tty_raw(args: &str, keys: &[&[u8]]) -> String {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    for k in keys {
-        std::thread::sleep(Duration::from_millis(700));
-        stdin.write_all(k).unwrap();
+    // The transcript as it comes, in whatever pieces the pty hands over.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let mut transcript = Vec::new();
+    // What the test waited for in vain, if it did.
+    let mut missed = None;
+    // Where in the transcript (without \r) the last step's `shown` ended.
+    let mut from = 0;
+    let mut ended = false;
+    'steps: for (shown, keys) in steps {
+        loop {
+            let t: Vec<u8> = transcript.iter().copied().filter(|&b| b != b'\r').collect();
+            if let Some(i) = t[from..]
+                .windows(shown.len())
+                .position(|w| w == shown.as_bytes())
+            {
+                from += i + shown.len();
+                break;
+            }
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(piece) => transcript.extend(piece),
+                // kvmini and script ended without showing it: type nothing
+                // more, and let the caller's assertions say what is wrong.
+                Err(RecvTimeoutError::Disconnected) => {
+                    ended = true;
+                    break 'steps;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    missed = Some(format!(
+                        "the terminal did not show {shown:?} (to type {keys:?} next)"
+                    ));
+                    break 'steps;
+                }
+            }
+        }
+        stdin.write_all(keys).unwrap();
         stdin.flush().unwrap();
     }
-    let out = child.wait_with_output().unwrap();
+    while !ended && missed.is_none() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(piece) => transcript.extend(piece),
+            Err(RecvTimeoutError::Disconnected) => ended = true,
+            Err(RecvTimeoutError::Timeout) => {
+                missed = Some("kvmini and script did not finish".to_string())
+            }
+        }
+    }
+    if let Some(what) = missed {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} within {PATIENCE:?}; transcript so far: {:?}; script's stderr: {:?}",
+            String::from_utf8_lossy(&transcript),
+            stderr.join().unwrap_or_default()
+        );
+    }
+    child.wait().unwrap();
     drop(stdin);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&transcript).into_owned()
 }
 
 /// The two `stty -g` lines must be equal: the terminal is as it was.
@@ -49,11 +125,15 @@ fn assert_restored(t: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn ctrl_a_x_quits_and_the_terminal_is_restored() {
-    if !kvm_available() {
-        return;
-    }
-    let raw = on_tty_raw("--cmdline echo", &[b"hi", b"\x01x"]);
+    let raw = on_tty_raw(
+        "--cmdline echo",
+        &[("echo ready\n", b"hi"), ("hi", b"\x01x")],
+    );
     // Ctrl-A x cut the guest's line "hi": kvmini ends it (one \n, which the
     // terminal's output processing, kept on in raw mode, shows as \r\n),
     // and its own message starts on a line of its own.
@@ -72,34 +152,43 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn ctrl_a_ctrl_a_sends_a_literal_ctrl_a() {
-    if !kvm_available() {
-        return;
-    }
     // The guest echoes what it gets; a literal Ctrl-A comes back.
-    let t = on_tty("--cmdline echo", &[b"\x01\x01", b"z\x04"]);
+    let t = on_tty(
+        "--cmdline echo",
+        &[("echo ready\n", b"\x01\x01"), ("\x01", b"z\x04")],
+    );
     assert!(t.contains("echo ready\n\x01z"), "{t:?}");
     assert!(t.contains("status=0"), "{t}");
     assert_restored(&t);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn raw_mode_passes_control_keys_to_the_guest() {
-    if !kvm_available() {
-        return;
-    }
     // Ctrl-C is a byte for the guest, not a signal for kvmini.
-    let t = on_tty("--cmdline echo", &[b"\x03", b"\x04"]);
+    let t = on_tty(
+        "--cmdline echo",
+        &[("echo ready\n", b"\x03"), ("\x03", b"\x04")],
+    );
     assert!(t.contains("echo ready\n\x03"), "{t:?}");
     assert!(t.contains("status=0"), "{t}");
     assert_restored(&t);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn terminal_restored_after_timeout_crash_and_bad_input() {
-    if !kvm_available() {
-        return;
-    }
     for (args, status) in [
         ("--cmdline spin --timeout 500ms", 5),
         ("--cmdline fault", 4),

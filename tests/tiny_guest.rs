@@ -4,10 +4,11 @@ mod common;
 use common::*;
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn no_arguments_boots_hello_and_exits_0() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&[]);
     r.assert_no_panic();
     assert_eq!(
@@ -22,10 +23,11 @@ fn no_arguments_boots_hello_and_exits_0() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn hello_reports_memory_from_e820_and_the_cmdline() {
-    if !kvm_available() {
-        return;
-    }
     for (mem, mib) in [("32M", 32), ("1G", 1024), ("3G", 3072), ("5G", 5120)] {
         let r = kvmini(&["--memory", mem, "--cmdline", "hello  two  spaces=x"]);
         assert_eq!(
@@ -38,10 +40,11 @@ fn hello_reports_memory_from_e820_and_the_cmdline() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn exit_n_becomes_the_exit_status() {
-    if !kvm_available() {
-        return;
-    }
     for n in [0, 1, 3, 42, 200, 255] {
         let r = kvmini(&["--cmdline", &format!("exit={n}")]);
         assert_eq!(r.status, Some(n), "exit={n}: {}", r.stderr);
@@ -53,10 +56,11 @@ fn exit_n_becomes_the_exit_status() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn echo_returns_every_byte_until_ctrl_d() {
-    if !kvm_available() {
-        return;
-    }
     let input = b"hello, guest\r\n\x01\x7f\xff!\x04ignored";
     let r = kvmini_with_input(&["--cmdline", "echo"], Some(input));
     let mut want = b"echo ready\n".to_vec();
@@ -66,10 +70,11 @@ fn echo_returns_every_byte_until_ctrl_d() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn echo_input_larger_than_the_fifo_is_not_dropped() {
-    if !kvm_available() {
-        return;
-    }
     let mut input: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
     input.push(0x04);
     let r = kvmini_with_input(&["--cmdline", "echo", "--timeout", "120s"], Some(&input));
@@ -79,10 +84,11 @@ fn echo_input_larger_than_the_fifo_is_not_dropped() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn flood_writes_the_exact_pattern() {
-    if !kvm_available() {
-        return;
-    }
     for (n, seed) in [(1usize, 0u64), (1000, 7), (20000, 12345)] {
         let r = kvmini(&["--cmdline", &format!("flood={n} seed={seed}")]);
         assert_eq!(r.status, Some(0));
@@ -91,10 +97,11 @@ fn flood_writes_the_exact_pattern() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn fault_is_a_guest_crash_with_registers() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "fault"]);
     r.assert_no_panic();
     assert_eq!(r.status, Some(4));
@@ -106,19 +113,21 @@ fn fault_is_a_guest_crash_with_registers() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn pagetable_corruption_is_a_guest_crash() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--cmdline", "pagetable", "--timeout", "20s"]);
     assert_eq!(r.status, Some(4), "{}", r.stderr);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn spin_is_stopped_by_the_timeout() {
-    if !kvm_available() {
-        return;
-    }
     let start = std::time::Instant::now();
     let r = kvmini(&["--cmdline", "spin", "--timeout", "500ms"]);
     assert_eq!(r.status, Some(5));
@@ -128,10 +137,11 @@ fn spin_is_stopped_by_the_timeout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn halt_with_interrupts_off_without_irqchip_is_a_crash() {
-    if !kvm_available() {
-        return;
-    }
     // The tiny guest runs without the in-kernel irqchip by default: its
     // HLT reaches kvmini, and nothing could ever wake it.
     let r = kvmini(&["--cmdline", "halt", "--timeout", "60s"]);
@@ -142,20 +152,22 @@ fn halt_with_interrupts_off_without_irqchip_is_a_crash() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn halt_with_interrupts_off_with_irqchip_is_stopped_by_the_timeout() {
-    if !kvm_available() {
-        return;
-    }
     // With the irqchip, HLT stays in the kernel: only --timeout ends it.
     let r = kvmini(&["--cmdline", "halt", "--irqchip", "on", "--timeout", "500ms"]);
     assert_eq!(r.status, Some(5), "{}", r.stderr);
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn every_mode_works_with_the_irqchip_present() {
-    if !kvm_available() {
-        return;
-    }
     // The tiny guest must not depend on HLT reaching userspace.
     let r = kvmini(&["--irqchip", "on"]);
     assert_eq!(
@@ -181,10 +193,11 @@ fn every_mode_works_with_the_irqchip_present() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn pvh_entry_boots_the_same_guest() {
-    if !kvm_available() {
-        return;
-    }
     let r = kvmini(&["--boot", "pvh", "--memory", "64M"]);
     assert_eq!(
         r.stdout_str(),
@@ -194,10 +207,11 @@ fn pvh_entry_boots_the_same_guest() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn serial_to_file_and_null() {
-    if !kvm_available() {
-        return;
-    }
     let dir = TempDir::new("serial");
     let log = dir.path("console.log");
     let r = kvmini(&["--serial", &format!("file={}", log.display())]);
@@ -213,10 +227,11 @@ fn serial_to_file_and_null() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn chaos_seeds_1_to_500_survive() {
-    if !kvm_available() {
-        return;
-    }
     // Seeds 1 to 200 are the core issue's bar; the robustness issue asks for
     // at least 500.
     let seeds: Vec<u32> = (1..=500).collect();
