@@ -42,10 +42,11 @@ fn wait_deadline(child: &mut std::process::Child, limit: Duration) -> Option<i32
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn the_teardown_helper_holds_no_output_and_goes_with_the_vm() {
-    if !kvm_available() {
-        return;
-    }
     let tag = format!("{}-{:?}", std::process::id(), Instant::now());
     // --irqchip on: the case the helper is for.
     let mut child = Command::new(KVMINI)
@@ -106,10 +107,11 @@ fn the_teardown_helper_holds_no_output_and_goes_with_the_vm() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
 fn a_guest_rebooted_in_place_leaves_no_helper_behind() {
-    if !kvm_available() {
-        return;
-    }
     // Each boot is a new VM handed to the same helper, which destroys the
     // previous one; all of them are gone once kvmini is.
     let tag = format!("r{}-{:?}", std::process::id(), Instant::now());
