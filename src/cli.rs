@@ -11,17 +11,20 @@ use crate::config::{
     DEFAULT_LINUX_CMDLINE, MAX_CPUS,
 };
 
-const AFTER_HELP: &str = "\
+const EXAMPLES: &str = "\
 Examples:
   kvmini                                   boot the built-in tiny guest
   kvmini --cmdline 'exit=3'; echo $?       the guest's status becomes kvmini's (3)
   kvmini --kernel bzImage --initramfs initrd.cpio --memory 512M --cpus 2
   kvmini --kernel vmlinux --serial file=console.log --timeout 60s
 
-Exit status: 0 clean shutdown; the guest's debug-exit byte as is; 1 internal
-error; 2 bad invocation or input; 3 KVM unavailable; 4 guest crash; 5 timeout;
-6 guest kernel panic; 128+N stopped by signal N. The last line on stderr says
-which. Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
+Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
+
+/// The text after the flags: examples, then the exit-status table from
+/// [`crate::status::TABLE`] (so --help cannot lose a status).
+fn after_help() -> String {
+    format!("{EXAMPLES}\n\n{}", crate::status::help_text())
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +32,7 @@ which. Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
     version,
     about = "A minimal hypervisor on KVM: boots a kernel with a serial console and \
              reports how the guest ended in its exit status.",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct Args {
     /// Kernel to boot: a 64-bit ELF (vmlinux, PVH) or a bzImage, detected by

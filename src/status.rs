@@ -1,6 +1,86 @@
-//! kvmini's exit-status contract. The README's table is this file.
+//! kvmini's exit-status contract: the one table that `--help` prints, the
+//! README shows (a test compares them) and [`code`] implements.
 
 use crate::control::StopReason;
+
+/// One row of the exit-status table: the status (a number, or a rule such
+/// as `128+N`) and what it means, as the README's table spells them.
+pub struct Row {
+    pub status: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every exit status kvmini can end with, in the README's order.
+pub const TABLE: &[Row] = &[
+    Row {
+        status: "0",
+        meaning: "the guest shut down cleanly: powered off, rebooted (with `--on-reboot exit`), \
+                  or wrote 0 to the debug-exit port",
+    },
+    Row {
+        status: "N",
+        meaning: "the guest wrote byte N to the debug-exit port 0xf4 (passed through unchanged)",
+    },
+    Row {
+        status: "1",
+        meaning: "internal error in kvmini (a KVM call failed while running, host I/O failed)",
+    },
+    Row {
+        status: "2",
+        meaning: "bad invocation or input: unknown flag, bad value, unreadable or invalid \
+                  kernel/initramfs, output path that cannot be opened",
+    },
+    Row {
+        status: "3",
+        meaning:
+            "KVM unavailable: `/dev/kvm` missing, not openable, or lacking a needed capability",
+    },
+    Row {
+        status: "4",
+        meaning: "the guest crashed: triple fault, KVM internal error, failed VM entry \
+                  (the vCPU registers are printed on stderr)",
+    },
+    Row {
+        status: "5",
+        meaning: "`--timeout` expired",
+    },
+    Row {
+        status: "6",
+        meaning:
+            "the guest kernel panicked (Linux's panic banner seen on COM1; see below the table)",
+    },
+    Row {
+        status: "7",
+        meaning: "a `--fail-on` pattern matched",
+    },
+    Row {
+        status: "128+N",
+        meaning: "stopped by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP; \
+                  Ctrl-A x on the console counts as SIGINT",
+    },
+];
+
+/// The table as `--help` prints it: one row a line (or more), wrapped.
+pub fn help_text() -> String {
+    let mut out = String::from("Exit status (the last line on stderr says which applies):\n");
+    for row in TABLE {
+        let meaning = row.meaning.replace('`', "");
+        let mut line = format!("  {:<6} ", row.status);
+        let indent = line.len();
+        for word in meaning.split(' ') {
+            if line.len() + word.len() > 78 && line.len() > indent {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = " ".repeat(indent);
+            }
+            line.push_str(word);
+            line.push(' ');
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
 
 /// The guest shut down cleanly: poweroff, reboot, debug-exit 0, `--until`.
 pub const CLEAN: u8 = 0;
@@ -69,6 +149,61 @@ fn signal_name(sig: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's "## Exit status" table, as (status, meaning) pairs.
+    fn readme_rows() -> Vec<(String, String)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Exit status\n")
+            .nth(1)
+            .expect("README has an Exit status section");
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with("| status"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").collect();
+                (cells[0].trim().into(), cells[1].trim().into())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_shows_this_table() {
+        let ours: Vec<(String, String)> = TABLE
+            .iter()
+            .map(|r| (r.status.into(), r.meaning.into()))
+            .collect();
+        assert_eq!(readme_rows(), ours);
+    }
+
+    #[test]
+    fn help_lists_every_status() {
+        let help = help_text();
+        for row in TABLE {
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(row.status)),
+                "--help lacks {}:\n{help}",
+                row.status
+            );
+        }
+        // Every status `code` can return for a kvmini-chosen ending has a row.
+        for n in [
+            CLEAN,
+            INTERNAL_ERROR,
+            BAD_INPUT,
+            KVM_UNAVAILABLE,
+            GUEST_CRASH,
+            TIMEOUT,
+        ]
+        .into_iter()
+        .chain([GUEST_PANIC, FAIL_ON])
+        {
+            assert!(TABLE.iter().any(|r| r.status == n.to_string()), "{n}");
+        }
+        assert!(help.lines().all(|l| l.len() <= 80), "{help}");
+    }
 
     #[test]
     fn statuses_are_distinct_where_the_contract_says() {

@@ -99,7 +99,16 @@ impl Error {
             | Error::Input(..)
             | Error::Pattern(..)
             | Error::BothStdio => BAD_INPUT,
-            _ => INTERNAL_ERROR,
+            // No wildcard: a new error must be given its status here.
+            Error::Cpuid(_)
+            | Error::BootMemory(_)
+            | Error::BootParams(_)
+            | Error::Acpi(_)
+            | Error::Vm(_)
+            | Error::Vcpu(_)
+            | Error::Bus(_)
+            | Error::Console(_)
+            | Error::Thread(_) => INTERNAL_ERROR,
         }
     }
 }
