@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod device_manager;
 pub mod devices;
 pub mod loader;
 pub mod memory;

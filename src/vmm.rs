@@ -24,6 +24,7 @@ use crate::console::queue::{OutQueue, QueueWriter};
 use crate::console::watch::PatternWatch;
 use crate::console::{self, Backend, Console, Port, SerialLog, Stdin, Wiring};
 use crate::control::{StopReason, VmControl};
+use crate::device_manager::DeviceManager;
 use crate::devices::{
     acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
 };
@@ -75,8 +76,8 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error("cannot set up the vCPUs")]
     Vcpu(#[from] vcpu::Error),
-    #[error("cannot set up the bus")]
-    Bus(#[from] crate::bus::Error),
+    #[error("cannot set up the devices")]
+    Devices(#[from] crate::device_manager::Error),
     #[error("cannot set up the console")]
     Console(#[source] std::io::Error),
     #[error("cannot start a vCPU thread")]
@@ -106,7 +107,7 @@ impl Error {
             | Error::Acpi(_)
             | Error::Vm(_)
             | Error::Vcpu(_)
-            | Error::Bus(_)
+            | Error::Devices(_)
             | Error::Console(_)
             | Error::Thread(_) => INTERNAL_ERROR,
         }
@@ -302,8 +303,7 @@ struct Vmm {
     vm: Arc<Vm>,
     _mem: GuestMemoryMmap,
     control: Arc<VmControl>,
-    io_bus: Arc<Bus>,
-    mmio_bus: Arc<Bus>,
+    devices: DeviceManager,
     wiring: Vec<Wiring>,
     trace: Option<Arc<BootTrace>>,
     /// COM1 writes may be batched in the kernel once output is heavy.
@@ -317,8 +317,16 @@ impl Vmm {
         ports: usize,
         shared: &mut Shared,
     ) -> Result<Self, Error> {
-        // Everything that goes into guest memory comes first: it needs no
-        // VM, so bad input is caught before KVM is asked for anything.
+        // 1. The device plan: every device with its bus range and its
+        // interrupt, and what it tells the guest (command line, DSDT). It
+        // needs no VM; interrupts are connected once the VM exists.
+        let control = Arc::new(VmControl::new().map_err(Error::Console)?);
+        let mut devices = DeviceManager::new();
+        let wiring = plan_devices(&mut devices, ports, &control, &shared.trace)?;
+
+        // 2. Memory and the kernel, 3. the boot data, from the plan. None
+        // of it needs a VM, so bad input is caught before KVM is asked for
+        // anything.
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let initramfs = config
@@ -326,10 +334,11 @@ impl Vmm {
             .as_ref()
             .map(|p| loader::load_initramfs(&mem, p, &kernel))
             .transpose()?;
-        let cmdline_size = write_cmdline(&mem, config.effective_cmdline(), &kernel)?;
+        let cmdline = devices.cmdline(config.effective_cmdline());
+        let cmdline_size = write_cmdline(&mem, &cmdline, &kernel)?;
         let cr3 = paging::setup(&mem).map_err(Error::BootMemory)?;
         regs::write_gdt(&mem).map_err(Error::BootMemory)?;
-        let rsdp = acpi::write_tables(&mem, config.cpus)?;
+        let rsdp = acpi::write_tables(&mem, config.cpus, devices.dsdt())?;
         let e820 = memory::e820_map(config.memory);
         let entry = match config.boot {
             BootProtocol::Linux64 => {
@@ -350,7 +359,6 @@ impl Vmm {
             }
         };
 
-        let control = Arc::new(VmControl::new().map_err(Error::Console)?);
         let triple_fault = if config.triple_fault_reboots() {
             TripleFault::Reset
         } else {
@@ -376,12 +384,15 @@ impl Vmm {
                 }
             };
         }
+        // 4. The VM: memory, then the irqchip; then the devices'
+        // interrupts, 5. the vCPUs.
         let vm = Arc::new(Vm::new(kvm, &mem, config.wants_irqchip())?);
         if let Some(r) = &shared.reaper {
             if let Err(e) = r.hand_over(vm.fd().as_raw_fd()) {
                 log::debug!("the VM is destroyed on kvmini's own path: {e}");
             }
         }
+        devices.attach(&vm)?;
         // Without interrupts nothing waits for a THR write to take effect
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
@@ -406,35 +417,12 @@ impl Vmm {
             vcpus.add(create_vcpu(&setup, &vm, cpuid)?);
         }
 
-        let mut io_bus = Bus::new();
-        let mut wiring = Vec::with_capacity(ports);
-        for (name, port, irq) in [("COM1", COM1_PORT, COM1_IRQ), ("COM2", COM2_PORT, COM2_IRQ)]
-            .into_iter()
-            .take(ports)
-        {
-            let w = serial_port(&vm, name, irq, shared.trace.clone())?;
-            io_bus.insert(
-                w.device.clone(),
-                u64::from(port),
-                u64::from(UART_PORT_COUNT),
-            )?;
-            wiring.push(w);
-        }
-        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
-        io_bus.insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_COUNT))?;
-        let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
-        io_bus.insert(debug_exit, u64::from(DEBUG_EXIT_PORT), 1)?;
-        let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
-        io_bus.insert(pm, u64::from(PM1A_EVT_PORT), u64::from(ACPI_PORT_COUNT))?;
-        let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(shared.trace.clone())));
-        io_bus.insert(post, u64::from(POST_PORT), 1)?;
         Ok(Self {
             vcpus,
             vm,
             _mem: mem,
             control,
-            io_bus: Arc::new(io_bus),
-            mmio_bus: Arc::new(Bus::new()),
+            devices,
             wiring,
             trace: shared.trace.clone(),
             coalesce,
@@ -446,9 +434,10 @@ impl Vmm {
         if let Some(t) = &self.trace {
             t.mark("VM ready");
         }
+        let (io, mmio) = self.devices.buses();
         let threads = self.vcpus.go(&Go {
-            io: self.io_bus.clone(),
-            mmio: self.mmio_bus.clone(),
+            io,
+            mmio,
             trace: self.trace.clone(),
         });
         if let Some(f) = shared.console_filter.take() {
@@ -475,6 +464,7 @@ impl Vmm {
             w.queue.close();
         }
         stop_threads(threads);
+        self.devices.stop_workers();
         console.finish(&self.control, &self.wiring);
         if let Some(t) = &self.trace {
             t.mark("VM stopped");
@@ -607,28 +597,44 @@ fn create_vcpu(setup: &VcpuSetup, vm: &Vm, cpuid: &CpuId) -> Result<Vcpu, Error>
     Ok(vcpu)
 }
 
-/// A 16550 wired to `irq`, writing into a fresh output queue.
-fn serial_port(
-    vm: &Vm,
-    name: &'static str,
-    irq: u32,
-    trace: Option<Arc<BootTrace>>,
-) -> Result<Wiring, Error> {
-    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
-    vm.register_irqfd(&irq_evt, irq)?;
-    let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
-    let queue = Arc::new(OutQueue::new().map_err(Error::Console)?);
-    let device = Arc::new(Mutex::new(SerialDevice::new(
-        name,
-        irq_evt,
-        rx_ready.try_clone().map_err(Error::Console)?,
-        Box::new(QueueWriter::new(queue.clone(), trace)),
-    )));
-    Ok(Wiring {
-        device,
-        queue,
-        rx_ready,
-    })
+/// The legacy PC devices every guest gets, and `ports` UARTs (COM1, then
+/// COM2) each writing into a fresh output queue; returns the UARTs' wiring.
+fn plan_devices(
+    devices: &mut DeviceManager,
+    ports: usize,
+    control: &Arc<VmControl>,
+    trace: &Option<Arc<BootTrace>>,
+) -> Result<Vec<Wiring>, Error> {
+    let mut wiring = Vec::with_capacity(ports);
+    for (name, port, irq) in [("COM1", COM1_PORT, COM1_IRQ), ("COM2", COM2_PORT, COM2_IRQ)]
+        .into_iter()
+        .take(ports)
+    {
+        let irq_evt = devices.legacy_irq(name, irq)?;
+        let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
+        let queue = Arc::new(OutQueue::new().map_err(Error::Console)?);
+        let device = Arc::new(Mutex::new(SerialDevice::new(
+            name,
+            irq_evt,
+            rx_ready.try_clone().map_err(Error::Console)?,
+            Box::new(QueueWriter::new(queue.clone(), trace.clone())),
+        )));
+        devices.add_port_device(name, device.clone(), port, UART_PORT_COUNT)?;
+        wiring.push(Wiring {
+            device,
+            queue,
+            rx_ready,
+        });
+    }
+    let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
+    devices.add_port_device("i8042", i8042, I8042_PORT, I8042_PORT_COUNT)?;
+    let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
+    devices.add_port_device("debug-exit", debug_exit, DEBUG_EXIT_PORT, 1)?;
+    let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
+    devices.add_port_device("ACPI PM", pm, PM1A_EVT_PORT, ACPI_PORT_COUNT)?;
+    let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(trace.clone())));
+    devices.add_port_device("POST", post, POST_PORT, 1)?;
+    Ok(wiring)
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then

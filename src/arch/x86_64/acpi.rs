@@ -60,9 +60,14 @@ fn fix_checksum(table: &mut [u8]) {
     table[SDT_CHECKSUM_OFFSET] = 0u8.wrapping_sub(sum);
 }
 
-fn dsdt() -> Vec<u8> {
+/// The DSDT: \_S5 and, in \_SB, each device's node (`devices`: AML bytes
+/// from the device manager).
+fn dsdt(devices: &[Vec<u8>]) -> Vec<u8> {
     let s5 = aml::Package::new(vec![&(S5_SLP_TYP as u8), &(S5_SLP_TYP as u8), &0u8, &0u8]);
-    let body = bytes(&aml::Name::new("_S5_".into(), &s5));
+    let mut body = bytes(&aml::Name::new("_S5_".into(), &s5));
+    if !devices.is_empty() {
+        body.extend(aml::Scope::raw("\\_SB_".into(), devices.concat()));
+    }
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(&body);
     sdt.as_slice().to_vec()
@@ -127,9 +132,9 @@ fn align(addr: u64, to: u64) -> u64 {
     addr.next_multiple_of(to)
 }
 
-/// Writes every table for a guest with `cpus` vCPUs; returns the RSDP's
-/// address.
-pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, Error> {
+/// Writes every table for a guest with `cpus` vCPUs and the devices whose
+/// DSDT nodes are `devices`; returns the RSDP's address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[Vec<u8>]) -> Result<u64, Error> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64, 16);
     // The XSDT lists two tables: FADT and MADT.
@@ -137,7 +142,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, Error> {
     let facs_addr = align(xsdt_addr + xsdt_len, 64);
     let facs = bytes(&FACS::new());
     let dsdt_addr = align(facs_addr + facs.len() as u64, 16);
-    let dsdt = dsdt();
+    let dsdt = dsdt(devices);
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64, 16);
     let fadt = fadt(dsdt_addr, facs_addr);
     let madt_addr = align(fadt_addr + fadt.len() as u64, 16);
@@ -207,7 +212,7 @@ mod tests {
     #[test]
     fn tables_chain_and_checksum() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp = write_tables(&mem, 4).unwrap();
+        let rsdp = write_tables(&mem, 4, &[]).unwrap();
         let t = tables(&mem, rsdp);
         assert_eq!(&t[0][..4], b"FACP");
         assert_eq!(&t[1][..4], b"APIC");
@@ -233,7 +238,7 @@ mod tests {
     #[test]
     fn madt_lists_every_cpu_and_the_ioapic() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp = write_tables(&mem, 16).unwrap();
+        let rsdp = write_tables(&mem, 16, &[]).unwrap();
         let madt = &tables(&mem, rsdp)[1];
         assert_eq!(
             u32::from_le_bytes(madt[36..40].try_into().unwrap()),
@@ -253,5 +258,31 @@ mod tests {
         }
         assert_eq!(apic_ids, (0..16).collect::<Vec<u8>>());
         assert_eq!(ioapics, 1);
+    }
+
+    #[test]
+    fn device_nodes_land_in_the_system_bus_scope() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let node = bytes(&aml::Device::new(
+            "V000".into(),
+            vec![&aml::Name::new("_HID".into(), &"LNRO0005")],
+        ));
+        let rsdp = write_tables(&mem, 1, &[node.clone(), node.clone()]).unwrap();
+        let fadt = &tables(&mem, rsdp)[0];
+        let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        let dsdt = table(&mem, dsdt_addr);
+        assert_eq!(sum(&dsdt), 0);
+        let scope = dsdt
+            .windows(5)
+            .position(|w| w == b"\\_SB_")
+            .expect("\\_SB_ scope");
+        let nodes: Vec<usize> = (scope..dsdt.len())
+            .filter(|&i| dsdt[i..].starts_with(&node))
+            .collect();
+        assert_eq!(nodes.len(), 2, "both nodes after the scope's name");
+        // Without devices there is no scope at all.
+        write_tables(&mem, 1, &[]).unwrap();
+        let dsdt = table(&mem, dsdt_addr);
+        assert!(!dsdt.windows(4).any(|w| w == b"_SB_"));
     }
 }

@@ -14,7 +14,9 @@
 //! 0x000e_0000  ACPI tables (RSDP first, so legacy scanners find it)
 //! 0x0010_0000  kernel load address (1 MiB, "himem")
 //!   ...        RAM up to min(--memory, 3 GiB)
-//! 0xc000_0000  32-bit device hole: IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit device hole: MMIO devices from 0xd000_0000 (4 KiB
+//!              windows, handed out by the device manager), IOAPIC
+//!              0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000  RAM above 3 GiB continues here
 //! ```
 
@@ -53,6 +55,12 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit device hole.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// Where the device manager places MMIO devices, one window each.
+pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+/// Size of the MMIO device range (it ends well below the IOAPIC).
+pub const MMIO_DEVICES_SIZE: u64 = 0x1000_0000;
+/// One MMIO device's window (a virtio-mmio register file needs 0x200).
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// IOAPIC base (in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base.
