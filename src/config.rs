@@ -111,7 +111,28 @@ impl Default for VmConfig {
     }
 }
 
+/// A config whose flags contradict each other.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("--cpus {0} needs the in-kernel irqchip to start the other vCPUs; drop --irqchip off")]
+    SmpNeedsIrqchip(u8),
+    #[error("--serial2 stdio: COM1 already uses stdio; give COM2 another back end")]
+    BothStdio,
+}
+
 impl VmConfig {
+    /// Rejects combinations of settings that cannot work together. Needs no
+    /// KVM and touches no file: [`crate::run`] calls it first.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.cpus > 1 && !self.wants_irqchip() {
+            return Err(Error::SmpNeedsIrqchip(self.cpus));
+        }
+        if self.serial2 == Some(SerialBackend::Stdio) && self.serial == SerialBackend::Stdio {
+            return Err(Error::BothStdio);
+        }
+        Ok(())
+    }
+
     /// The command line the guest gets.
     pub fn effective_cmdline(&self) -> &str {
         match (&self.cmdline, &self.kernel) {
@@ -143,6 +164,32 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contradictions_are_caught_before_anything_runs() {
+        let smp = VmConfig {
+            cpus: 2,
+            irqchip: IrqchipMode::Off,
+            ..Default::default()
+        };
+        assert_eq!(smp.check(), Err(Error::SmpNeedsIrqchip(2)));
+        let auto = VmConfig {
+            cpus: 2,
+            ..Default::default()
+        };
+        assert_eq!(auto.check(), Ok(()));
+        let both = VmConfig {
+            serial2: Some(SerialBackend::Stdio),
+            ..Default::default()
+        };
+        assert_eq!(both.check(), Err(Error::BothStdio));
+        let com2_elsewhere = VmConfig {
+            serial: SerialBackend::Null,
+            serial2: Some(SerialBackend::Stdio),
+            ..Default::default()
+        };
+        assert_eq!(com2_elsewhere.check(), Ok(()));
+    }
 
     #[test]
     fn default_cmdline_depends_on_kernel() {

@@ -224,6 +224,31 @@ fn elf_load_end<F: Read + Seek>(image: &mut F) -> Option<u64> {
     Some(end)
 }
 
+/// What can be checked of the kernel and the initramfs before guest memory
+/// or KVM exists: that they are readable files and that the kernel looks
+/// like one kvmini boots. [`load_kernel`] and [`load_initramfs`] check the
+/// rest.
+pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<(), Error> {
+    if let KernelSource::File(p) = kernel {
+        if p.is_dir() {
+            return Err(Error::Directory(p.clone()));
+        }
+        let f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
+        let mut head = Vec::with_capacity(0x210);
+        f.take(0x210)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::Read(p.clone(), e))?;
+        detect(p, &head)?;
+    }
+    if let Some(p) = initramfs {
+        if p.is_dir() {
+            return Err(Error::InitramfsDirectory(p.into()));
+        }
+        File::open(p).map_err(|e| Error::InitramfsRead(p.into(), e))?;
+    }
+    Ok(())
+}
+
 /// Loads the kernel into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, source: &KernelSource) -> Result<LoadedKernel, Error> {
     let path = display(source);

@@ -18,7 +18,6 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::layout::*;
 use crate::arch::x86_64::{acpi, boot_params, paging, regs};
 use crate::bus::{Bus, SharedDevice};
-use crate::config::SerialBackend;
 use crate::config::{BootProtocol, RebootPolicy, VmConfig};
 use crate::console::queue::{OutQueue, QueueWriter};
 use crate::console::watch::PatternWatch;
@@ -54,8 +53,8 @@ pub enum Error {
     Cmdline(String),
     #[error("--cpus {0}: this host's KVM supports at most {1} vCPUs")]
     TooManyCpus(u8, usize),
-    #[error("--cpus {0} needs the in-kernel irqchip to start the other vCPUs; drop --irqchip off")]
-    SmpNeedsIrqchip(u8),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
     #[error(transparent)]
     SerialBackend(#[from] console::backend::Error),
     #[error("--serial-log {0}: cannot create the file")]
@@ -64,8 +63,6 @@ pub enum Error {
     Input(std::path::PathBuf, #[source] std::io::Error),
     #[error("{0} {1:?}: not a valid regular expression: {2}")]
     Pattern(&'static str, String, String),
-    #[error("--serial2 stdio: COM1 already uses stdio; give COM2 another back end")]
-    BothStdio,
     #[error("cannot write the boot structures into guest memory")]
     BootMemory(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
@@ -94,12 +91,11 @@ impl Error {
             | Error::Loader(_)
             | Error::Cmdline(_)
             | Error::TooManyCpus(..)
-            | Error::SmpNeedsIrqchip(_)
+            | Error::Config(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
             | Error::Input(..)
-            | Error::Pattern(..)
-            | Error::BothStdio => BAD_INPUT,
+            | Error::Pattern(..) => BAD_INPUT,
             // No wildcard: a new error must be given its status here.
             Error::Cpuid(_)
             | Error::BootMemory(_)
@@ -174,9 +170,6 @@ fn console(
         log,
     )];
     if let Some(b) = &config.serial2 {
-        if *b == SerialBackend::Stdio && config.serial == SerialBackend::Stdio {
-            return Err(Error::BothStdio);
-        }
         ports.push(Port::new("COM2", Backend::open(b, "--serial2")?, None));
     }
     let has_input_after = input_after.is_some();
@@ -230,6 +223,17 @@ impl Shared {
 /// if the config says so. Returns why it ended.
 pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let start = Instant::now();
+    // Everything that is bad input is found before /dev/kvm is opened:
+    // contradicting flags, unreadable or foreign kernels, patterns, the
+    // console's files and sockets (status 2 whatever KVM would say).
+    config.check()?;
+    loader::preflight(&config.kernel, config.initramfs.as_deref())?;
+    let signals = console::signal_fd().map_err(Error::Console)?;
+    register_signal_handler(kick_signal(), vcpu::kick_handler)
+        .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
+    let stdin = Stdin::detect();
+    let mut console = console(config, signals, stdin, start)?;
+
     let trace = config.boot_trace.then(|| Arc::new(BootTrace::new(start)));
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     if let Some(t) = &trace {
@@ -244,19 +248,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             return Err(Error::KvmCapability(name));
         }
     }
-    if config.cpus > 1 && !config.wants_irqchip() {
-        return Err(Error::SmpNeedsIrqchip(config.cpus));
-    }
     let max = kvm.get_max_vcpus();
     if usize::from(config.cpus) > max {
         return Err(Error::TooManyCpus(config.cpus, max));
     }
-    let signals = console::signal_fd().map_err(Error::Console)?;
     let restart = config.on_reboot == RebootPolicy::Restart;
-    register_signal_handler(kick_signal(), vcpu::kick_handler)
-        .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
-    let stdin = Stdin::detect();
-    let mut console = console(config, signals, stdin, start)?;
     let uses_stdin = console.ports.iter().any(|p| p.is_stdio());
     let _raw = match stdin {
         Stdin::Tty if uses_stdin => Some(console::RawTerminal::enter().map_err(Error::Console)?),

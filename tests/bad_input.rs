@@ -125,10 +125,6 @@ fn boot_protocol_garbage() {
 // ---- files ----------------------------------------------------------------
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_missing() {
     let r = kvmini(&["--kernel", "/nonexistent/vmlinux"]);
     assert_error(
@@ -143,10 +139,6 @@ fn kernel_missing() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_is_a_directory() {
     let dir = TempDir::new("kdir");
     let d = dir.0.display().to_string();
@@ -154,10 +146,6 @@ fn kernel_is_a_directory() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_empty() {
     let dir = TempDir::new("kempty");
     let k = write(&dir, "empty", b"");
@@ -165,10 +153,6 @@ fn kernel_empty() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_random_bytes() {
     let dir = TempDir::new("krandom");
     let mut x = 0x1234_5678_9abc_def0u64;
@@ -199,10 +183,6 @@ fn kernel_truncated_elf() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_elf_for_another_architecture() {
     let dir = TempDir::new("karch");
     let mut elf = tiny_guest_elf();
@@ -212,10 +192,6 @@ fn kernel_elf_for_another_architecture() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn kernel_32_bit_elf() {
     let dir = TempDir::new("k32");
     let mut elf = tiny_guest_elf();
@@ -276,20 +252,12 @@ fn kernel_entry_below_1m() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn initramfs_missing() {
     let r = kvmini(&["--initramfs", "/nonexistent/initrd"]);
     assert_error(&r, 2, &["--initramfs /nonexistent/initrd", "cannot read"]);
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn initramfs_is_a_directory() {
     let dir = TempDir::new("idir");
     let d = dir.0.display().to_string();
@@ -372,10 +340,6 @@ fn cmdline_not_ascii() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn serial_file_in_missing_directory() {
     let r = kvmini(&["--serial", "file=/nonexistent/dir/console.log"]);
     assert_error(
@@ -437,10 +401,6 @@ fn kvm_not_openable_is_status_3() {
 }
 
 #[test]
-#[cfg_attr(
-    not(kvm_usable),
-    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
-)]
 fn smp_without_irqchip() {
     let r = kvmini(&["--cpus", "2", "--irqchip", "off"]);
     assert_error(&r, 2, &["--cpus 2", "irqchip"]);

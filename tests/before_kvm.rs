@@ -1,0 +1,82 @@
+//! Bad input is status 2 before /dev/kvm is opened: each case runs where
+//! /dev/kvm is not KVM at all (a user and mount namespace with /dev/null
+//! bound over it, so no root is needed), where anything that reached KVM
+//! would end with status 3 instead. Needs no KVM.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+
+/// Runs kvmini with `args` where /dev/kvm is /dev/null; (status, stderr).
+fn without_kvm(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("unshare")
+        .args([
+            "-rm",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /dev/kvm && exec \"$@\"",
+            "sh",
+        ])
+        .arg(KVMINI)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare(1) from util-linux");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("unshare:") && !stderr.contains("mount:"),
+        "this test needs unprivileged user namespaces (unshare -rm): {stderr}"
+    );
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn the_namespace_hides_kvm() {
+    // The control: good input does reach KVM there, and fails as status 3.
+    let (status, stderr) = without_kvm(&["--cmdline", "exit=0"]);
+    assert_eq!(status, Some(3), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_found_before_kvm_is_opened() {
+    let dir = TempDir::new("before-kvm");
+    let garbage = dir.path("garbage");
+    std::fs::write(&garbage, b"this is no kernel at all, just text").unwrap();
+    let empty = dir.path("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let missing = dir.path("missing");
+    let d = dir.0.to_str().unwrap();
+    let g = garbage.to_str().unwrap();
+    let e = empty.to_str().unwrap();
+    let m = missing.to_str().unwrap();
+    let no_dir_log = format!("{m}/sub/log");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--kernel", m], "--kernel"),
+        (vec!["--kernel", d], "is a directory"),
+        (vec!["--kernel", g], "not a kernel image"),
+        (vec!["--kernel", e], "the file is empty"),
+        (vec!["--initramfs", m], "--initramfs"),
+        (vec!["--initramfs", d], "is a directory"),
+        (vec!["--cpus", "2", "--irqchip", "off"], "--cpus 2"),
+        (vec!["--serial2", "stdio"], "--serial2 stdio"),
+        (vec!["--until", "("], "--until"),
+        (vec!["--fail-on", "[z-a]"], "--fail-on"),
+        (vec!["--input", m], "--input"),
+        (vec!["--serial-log", &no_dir_log], "--serial-log"),
+        (
+            vec!["--serial", "file=/nonexistent-dir/x"],
+            "--serial file=",
+        ),
+    ];
+    for (args, names) in cases {
+        let (status, stderr) = without_kvm(&args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("kvmini: error: ") && last.contains(names),
+            "{args:?} should name {names:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+    }
+}
