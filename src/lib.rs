@@ -11,6 +11,7 @@ pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
 pub mod loader;
 pub mod memory;
 pub mod seccomp;

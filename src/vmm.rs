@@ -21,12 +21,13 @@ use crate::bus::{Bus, SharedDevice};
 use crate::config::{BootProtocol, RebootPolicy, VmConfig};
 use crate::console::queue::{OutQueue, QueueWriter};
 use crate::console::watch::PatternWatch;
-use crate::console::{self, Backend, Console, Port, SerialLog, Stdin, Wiring};
+use crate::console::{self, Backend, Console, ConsoleLoop, Port, SerialLog, Stdin, Wiring};
 use crate::control::{StopReason, VmControl};
 use crate::device_manager::DeviceManager;
 use crate::devices::{
     acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
 };
+use crate::event_loop;
 use crate::loader::{self, LoadedKernel};
 use crate::memory;
 use crate::seccomp;
@@ -140,12 +141,7 @@ fn regex_reason(e: &regex::Error) -> String {
 
 /// Opens the serial back ends, the log and the watchers: everything of the
 /// console that outlives one boot of the guest.
-fn console(
-    config: &VmConfig,
-    signals: std::os::fd::OwnedFd,
-    stdin: Stdin,
-    start: Instant,
-) -> Result<Console, Error> {
+fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, Error> {
     let until = compile("--until", &config.until)?;
     let fail_on = compile("--fail-on", &config.fail_on)?;
     let input_after = compile("--input-after", config.input_after.as_slice())?
@@ -176,12 +172,17 @@ fn console(
     Ok(Console::new(
         ports,
         stdin,
-        signals,
-        config.timeout.map(|t| start + t),
         PatternWatch::new(until, fail_on, input_after),
         input,
         has_input_after,
     ))
+}
+
+/// The main thread's subscribers that outlive one boot (the console is
+/// the other).
+struct LoopState {
+    signals: event_loop::Signals,
+    timeout: event_loop::Timeout,
 }
 
 /// How a run ended.
@@ -232,7 +233,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
-    let mut console = console(config, signals, stdin, start)?;
+    let mut console = console(config, stdin, start)?;
+    let mut loop_state = LoopState {
+        signals: event_loop::Signals(signals),
+        timeout: event_loop::Timeout(config.timeout.map(|t| start + t)),
+    };
 
     let trace = config.boot_trace.then(|| Arc::new(BootTrace::new(start)));
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
@@ -267,7 +272,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     };
     loop {
         let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
-        let reason = vmm.run(&mut console, &mut shared);
+        let reason = vmm.run(&mut console, &mut loop_state, &mut shared);
         let reason = match (console.verdict(), reason) {
             // --fail-on / --until saw output the guest printed before it
             // stopped: that decides, whatever the guest did next.
@@ -426,7 +431,12 @@ impl Vmm {
     }
 
     /// Runs the vCPUs until the VM stops; stops and joins every vCPU thread.
-    fn run(mut self, console: &mut Console, shared: &mut Shared) -> StopReason {
+    fn run(
+        mut self,
+        console: &mut Console,
+        loop_state: &mut LoopState,
+        shared: &mut Shared,
+    ) -> StopReason {
         if let Some(t) = &self.trace {
             t.mark("VM ready");
         }
@@ -453,7 +463,17 @@ impl Vmm {
         } else {
             None
         };
-        console.run(&self.control, &self.wiring, on_heavy_output);
+        let mut console_loop = ConsoleLoop::new(console, &self.wiring, on_heavy_output);
+        let mut stop = event_loop::Stop(&self.control);
+        event_loop::run(
+            &mut [
+                &mut stop,
+                &mut loop_state.signals,
+                &mut loop_state.timeout,
+                &mut console_loop,
+            ],
+            &self.control,
+        );
         // A vCPU may be waiting for room in a full output queue: close the
         // queues while kicking, then deliver what they hold.
         for w in &self.wiring {

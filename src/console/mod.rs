@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{StopReason, VmControl};
 use crate::devices::serial::SerialDevice;
+use crate::event_loop::{Interest, Subscriber};
 pub use backend::Backend;
 pub use log_file::SerialLog;
 use queue::OutQueue;
@@ -30,8 +31,8 @@ const HEAVY_OUTPUT: usize = 4096;
 /// How long output may still take to leave once the VM has stopped.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How often flowing output is collected (see [`Console::run`]).
-const BATCH_TICK_MS: i32 = 2;
+/// How often flowing output is collected (see [`ConsoleLoop`]).
+const BATCH_TICK: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Ctrl-A: the console escape key.
 const ESCAPE: u8 = 0x01;
@@ -89,16 +90,6 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
     }
     // SAFETY: fd is a freshly created descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn read_signal(fd: &OwnedFd) -> Option<i32> {
-    // SAFETY: signalfd_siginfo is plain data.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    let ptr = (&mut info as *mut libc::signalfd_siginfo).cast();
-    // SAFETY: reads at most `size` bytes into `info`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), ptr, size) };
-    (n as usize == size).then_some(info.ssi_signo as i32)
 }
 
 fn read_stdin(buf: &mut [u8]) -> io::Result<usize> {
@@ -255,8 +246,6 @@ pub struct Console {
     /// COM1 first.
     pub ports: Vec<Port>,
     stdin: Stdin,
-    signals: OwnedFd,
-    deadline: Option<Instant>,
     patterns: PatternWatch,
     panic_watch: FixedWatch,
     panicked: bool,
@@ -266,24 +255,40 @@ pub struct Console {
     deferred_input: Option<Vec<u8>>,
 }
 
-/// What the poll set's entries are.
+/// What the event loop's tokens for the console stand for: the kind of
+/// descriptor in the low byte, the port above it.
 #[derive(Clone, Copy)]
 enum Source {
-    Stop,
-    Signal,
-    Output(usize),
-    RxReady(usize),
-    Input(usize),
-    Listen(usize),
-    Writable(usize),
+    Output,
+    RxReady,
+    Input,
+    Listen,
+    Writable,
+}
+
+impl Source {
+    const ALL: [Source; 5] = [
+        Source::Output,
+        Source::RxReady,
+        Source::Input,
+        Source::Listen,
+        Source::Writable,
+    ];
+
+    fn token(self, port: usize) -> u32 {
+        (port as u32) << 8 | self as u32
+    }
+
+    fn from_token(token: u32) -> Option<(Source, usize)> {
+        let kind = Source::ALL.get((token & 0xff) as usize)?;
+        Some((*kind, (token >> 8) as usize))
+    }
 }
 
 impl Console {
     pub fn new(
         ports: Vec<Port>,
         stdin: Stdin,
-        signals: OwnedFd,
-        deadline: Option<Instant>,
         patterns: PatternWatch,
         input: Option<Vec<u8>>,
         input_after: bool,
@@ -291,8 +296,6 @@ impl Console {
         let mut console = Self {
             ports,
             stdin,
-            signals,
-            deadline,
             patterns,
             panic_watch: FixedWatch::new(PANIC_BANNER),
             panicked: false,
@@ -410,142 +413,6 @@ impl Console {
         }
     }
 
-    /// Runs until `control` says the VM is stopping (stopping it on a
-    /// signal or the deadline). `on_heavy_output` runs once, when COM1 has
-    /// printed [`HEAVY_OUTPUT`] bytes in this boot.
-    pub fn run(
-        &mut self,
-        control: &VmControl,
-        wiring: &[Wiring],
-        mut on_heavy_output: Option<&dyn Fn()>,
-    ) {
-        let mut com1_bytes = 0usize;
-        let mut buf = Vec::with_capacity(queue::QUEUE_LIMIT);
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut sources: Vec<Source> = Vec::new();
-        // While output flows, the console collects it every BATCH_TICK
-        // instead of being woken for each byte: the vCPU then only copies
-        // bytes, and the host gets them in few, large writes. The first
-        // byte after a quiet spell still wakes the console at once.
-        let mut flowing = false;
-        while !control.is_stopping() {
-            // Offer queued input to the guests.
-            for (port, w) in self.ports.iter_mut().zip(wiring) {
-                if !port.pending.is_empty() {
-                    let taken = w
-                        .device
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .enqueue(&port.pending);
-                    port.pending.drain(..taken);
-                }
-            }
-            fds.clear();
-            sources.clear();
-            let mut add_for = |fd: RawFd, events: libc::c_short, s: Source| {
-                fds.push(libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                });
-                sources.push(s);
-            };
-            add_for(self.signals.as_raw_fd(), libc::POLLIN, Source::Signal);
-            for (i, port) in self.ports.iter().enumerate() {
-                if let Some(fd) = port.blocked_output_fd() {
-                    add_for(fd, libc::POLLOUT, Source::Writable(i));
-                }
-            }
-            let mut add = |fd: RawFd, s: Source| add_for(fd, libc::POLLIN, s);
-            add(control.eventfd().as_raw_fd(), Source::Stop);
-            for (i, w) in wiring.iter().enumerate() {
-                if self.ports[i].accepts_output() {
-                    add(w.queue.eventfd().as_raw_fd(), Source::Output(i));
-                }
-                add(w.rx_ready.as_raw_fd(), Source::RxReady(i));
-                if self.wants_input(i) {
-                    if let Some(fd) = self.input_fd(i) {
-                        add(fd, Source::Input(i));
-                    }
-                }
-                if let Some(fd) = self.ports[i].backend.listen_fd() {
-                    add(fd, Source::Listen(i));
-                }
-            }
-            let mut timeout_ms = match self.deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        control.stop(StopReason::Timeout);
-                        break;
-                    }
-                    left.as_millis().clamp(1, i32::MAX as u128) as i32
-                }
-            };
-            if flowing {
-                timeout_ms = if timeout_ms < 0 {
-                    BATCH_TICK_MS
-                } else {
-                    timeout_ms.min(BATCH_TICK_MS)
-                };
-            }
-            // SAFETY: fds is a valid array of pollfd for the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    control.stop(StopReason::HostError(format!("poll failed: {e}")));
-                }
-                continue;
-            }
-            if flowing {
-                flowing = false;
-                for (i, w) in wiring.iter().enumerate() {
-                    if self.ports[i].accepts_output() {
-                        flowing |= self.pump_output(i, w, control, &mut buf);
-                        if i == 0 {
-                            com1_bytes += buf.len();
-                        }
-                    }
-                }
-                if com1_bytes >= HEAVY_OUTPUT {
-                    if let Some(f) = on_heavy_output.take() {
-                        f();
-                    }
-                }
-            }
-            for k in 0..fds.len() {
-                if fds[k].revents == 0 {
-                    continue;
-                }
-                match sources[k] {
-                    Source::Stop => {}
-                    Source::Signal => {
-                        if let Some(sig) = read_signal(&self.signals) {
-                            control.stop(StopReason::Signal(sig));
-                        }
-                    }
-                    Source::Output(i) => {
-                        flowing |= self.pump_output(i, &wiring[i], control, &mut buf)
-                    }
-                    Source::RxReady(i) => {
-                        let _ = wiring[i].rx_ready.read();
-                    }
-                    Source::Input(i) => self.read_input(i, &wiring[i], control),
-                    Source::Listen(i) => {
-                        self.ports[i].backend.accept();
-                        self.ports[i].flush();
-                    }
-                    Source::Writable(i) => {
-                        self.ports[i].flush();
-                        flowing = true;
-                    }
-                }
-            }
-        }
-    }
-
     /// After the vCPUs stopped: delivers every byte they produced, waiting
     /// at most [`FINAL_FLUSH`] for a back end that is not reading.
     pub fn finish(&mut self, control: &VmControl, wiring: &[Wiring]) {
@@ -580,6 +447,136 @@ impl Console {
         for p in &mut self.ports {
             if let Some(l) = p.log.as_mut() {
                 l.flush();
+            }
+        }
+    }
+}
+
+/// The console during one boot, as the main thread's event loop sees it:
+/// every port's output queue, back end and input, and the UARTs.
+pub struct ConsoleLoop<'a> {
+    console: &'a mut Console,
+    wiring: &'a [Wiring],
+    /// Runs once, when COM1 has printed [`HEAVY_OUTPUT`] bytes this boot.
+    on_heavy_output: Option<&'a dyn Fn()>,
+    com1_bytes: usize,
+    /// While output flows, the console collects it every [`BATCH_TICK`]
+    /// instead of being woken for each byte: the vCPU then only copies
+    /// bytes, and the host gets them in few, large writes. The first byte
+    /// after a quiet spell still wakes the console at once.
+    flowing: bool,
+    buf: Vec<u8>,
+}
+
+impl<'a> ConsoleLoop<'a> {
+    pub fn new(
+        console: &'a mut Console,
+        wiring: &'a [Wiring],
+        on_heavy_output: Option<&'a dyn Fn()>,
+    ) -> Self {
+        Self {
+            console,
+            wiring,
+            on_heavy_output,
+            com1_bytes: 0,
+            flowing: false,
+            buf: Vec::with_capacity(queue::QUEUE_LIMIT),
+        }
+    }
+}
+
+impl Subscriber for ConsoleLoop<'_> {
+    /// Offers queued input to the guests.
+    fn prepare(&mut self, _: &VmControl) {
+        for (port, w) in self.console.ports.iter_mut().zip(self.wiring) {
+            if !port.pending.is_empty() {
+                let taken = w
+                    .device
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .enqueue(&port.pending);
+                port.pending.drain(..taken);
+            }
+        }
+    }
+
+    fn interest(&self, set: &mut Interest) {
+        let c = &self.console;
+        for (i, port) in c.ports.iter().enumerate() {
+            if let Some(fd) = port.blocked_output_fd() {
+                set.add(fd, libc::POLLOUT, Source::Writable.token(i));
+            }
+        }
+        for (i, w) in self.wiring.iter().enumerate() {
+            if c.ports[i].accepts_output() {
+                set.add(
+                    w.queue.eventfd().as_raw_fd(),
+                    libc::POLLIN,
+                    Source::Output.token(i),
+                );
+            }
+            set.add(
+                w.rx_ready.as_raw_fd(),
+                libc::POLLIN,
+                Source::RxReady.token(i),
+            );
+            if c.wants_input(i) {
+                if let Some(fd) = c.input_fd(i) {
+                    set.add(fd, libc::POLLIN, Source::Input.token(i));
+                }
+            }
+            if let Some(fd) = c.ports[i].backend.listen_fd() {
+                set.add(fd, libc::POLLIN, Source::Listen.token(i));
+            }
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.flowing.then(|| Instant::now() + BATCH_TICK)
+    }
+
+    fn after_wait(&mut self, control: &VmControl) {
+        if !self.flowing {
+            return;
+        }
+        self.flowing = false;
+        for (i, w) in self.wiring.iter().enumerate() {
+            if self.console.ports[i].accepts_output() {
+                self.flowing |= self.console.pump_output(i, w, control, &mut self.buf);
+                if i == 0 {
+                    self.com1_bytes += self.buf.len();
+                }
+            }
+        }
+        if self.com1_bytes >= HEAVY_OUTPUT {
+            if let Some(f) = self.on_heavy_output.take() {
+                f();
+            }
+        }
+    }
+
+    fn ready(&mut self, token: u32, _: libc::c_short, control: &VmControl) {
+        let Some((source, i)) = Source::from_token(token) else {
+            return;
+        };
+        let Some(w) = self.wiring.get(i) else {
+            return;
+        };
+        match source {
+            Source::Output => {
+                self.flowing |= self.console.pump_output(i, w, control, &mut self.buf)
+            }
+            Source::RxReady => {
+                let _ = w.rx_ready.read();
+            }
+            Source::Input => self.console.read_input(i, w, control),
+            Source::Listen => {
+                self.console.ports[i].backend.accept();
+                self.console.ports[i].flush();
+            }
+            Source::Writable => {
+                self.console.ports[i].flush();
+                self.flowing = true;
             }
         }
     }
