@@ -5,3 +5,4 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod post;
 pub mod serial;
+pub mod virtio;
