@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::config::{
-    BootProtocol, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, VmConfig,
+    BootProtocol, DiskConfig, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, VmConfig,
     DEFAULT_LINUX_CMDLINE, MAX_CPUS,
 };
 
@@ -75,6 +75,16 @@ pub struct Args {
     /// Example: --serial2 file=results.txt
     #[arg(long, value_name = "BACKEND", value_parser = parse_serial)]
     pub serial2: Option<SerialBackend>,
+
+    /// A raw disk image for the guest, as a virtio-blk device (virtio-mmio,
+    /// described in the ACPI DSDT): the first is /dev/vda, the next
+    /// /dev/vdb, ... Options after commas: `ro` (read-only), `serial=ID`
+    /// (at most 20 bytes; /dev/disk/by-id). The image's size must be a
+    /// multiple of 512 bytes; kvmini locks it (exclusively unless `ro`).
+    /// May be given several times.
+    /// Example: --disk rootfs.ext4 --disk data.img,ro
+    #[arg(long, value_name = "PATH[,ro][,serial=ID]", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
 
     /// Also copy everything COM1 prints into this file.
     /// Example: --serial-log console.log
@@ -275,6 +285,35 @@ pub fn parse_serial(s: &str) -> Result<SerialBackend, String> {
     }
 }
 
+/// Parses "PATH", "PATH,ro", "PATH,serial=ID,ro".
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("needs a path (PATH[,ro][,serial=ID])".into());
+    }
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: String::new(),
+    };
+    for opt in parts {
+        if opt == "ro" {
+            disk.read_only = true;
+        } else if let Some(id) = opt.strip_prefix("serial=") {
+            if id.len() > 20 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "serial={id}: at most 20 printable ASCII characters, no spaces"
+                ));
+            }
+            disk.serial = id.to_string();
+        } else {
+            return Err(format!("unknown option '{opt}' (use ro or serial=ID)"));
+        }
+    }
+    Ok(disk)
+}
+
 impl Args {
     pub fn into_config(self) -> VmConfig {
         VmConfig {
@@ -305,6 +344,7 @@ impl Args {
                 Irqchip::Off => IrqchipMode::Off,
             },
             timeout: self.timeout,
+            disks: self.disk,
             on_reboot: match self.on_reboot {
                 OnReboot::Exit => RebootPolicy::Exit,
                 OnReboot::Restart => RebootPolicy::Restart,
@@ -368,8 +408,19 @@ mod tests {
             "--no-seccomp",
             "--irqchip",
             "off",
+            "--disk",
+            "/d1",
+            "--disk",
+            "/d2,serial=abc,ro",
         ])
         .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(
+            (c.disks[0].path.to_str(), c.disks[0].read_only),
+            (Some("/d1"), false)
+        );
+        assert_eq!(c.disks[1].serial, "abc");
+        assert!(c.disks[1].read_only);
         assert_eq!(c.serial2, Some(SerialBackend::Socket("/tmp/s".into())));
         assert_eq!(c.serial_log, Some("/tmp/log".into()));
         assert!(c.serial_timestamps && c.boot_trace && !c.seccomp);
@@ -387,6 +438,39 @@ mod tests {
         assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(c.on_reboot, RebootPolicy::Restart);
         assert_eq!(c.boot, BootProtocol::Pvh);
+    }
+
+    #[test]
+    fn the_readme_lists_every_flag() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| flag | meaning"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        for arg in Args::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("`--{long}");
+            assert!(
+                table.iter().any(|row| row.contains(&flag)),
+                "README's flag table lacks --{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn disks() {
+        assert!(parse_disk("a.img,ro").unwrap().read_only);
+        for bad in [
+            "",
+            ",ro",
+            "a.img,rw",
+            "a.img,serial=012345678901234567890",
+            "a,serial=a b",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub enum SerialBackend {
     Socket(PathBuf),
 }
 
+/// A disk image given to the guest as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What the device answers to GET_ID (/dev/disk/by-id), at most 20 bytes.
+    pub serial: String,
+}
+
 /// Whether the VM gets KVM's in-kernel interrupt controllers and PIT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IrqchipMode {
@@ -69,6 +78,8 @@ pub struct VmConfig {
     /// Prefix each line of the log with the time since start.
     pub serial_timestamps: bool,
     pub timeout: Option<Duration>,
+    /// Disk images, in order: /dev/vda, /dev/vdb, ...
+    pub disks: Vec<DiskConfig>,
     pub on_reboot: RebootPolicy,
     /// Patterns that end the VM with status 0 when COM1 prints them.
     pub until: Vec<String>,
@@ -99,6 +110,7 @@ impl Default for VmConfig {
             serial_log: None,
             serial_timestamps: false,
             timeout: None,
+            disks: Vec::new(),
             on_reboot: RebootPolicy::Exit,
             until: Vec::new(),
             fail_on: Vec::new(),

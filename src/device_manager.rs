@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::{MMIO_DEVICES_SIZE, MMIO_DEVICES_START, MMIO_WINDOW_SIZE};
@@ -45,7 +46,7 @@ pub enum Error {
     Bus(&'static str, #[source] bus::Error),
     #[error("cannot make an interrupt eventfd for {0}")]
     EventFd(&'static str, #[source] std::io::Error),
-    #[error("cannot connect {0}'s interrupt to the VM")]
+    #[error("cannot connect {0}'s interrupt or notification to the VM")]
     Irqfd(&'static str, #[source] vm::Error),
     #[error("cannot start the {0} thread")]
     Thread(String, #[source] std::io::Error),
@@ -58,6 +59,12 @@ pub struct MmioSlot {
     pub size: u64,
     pub irq: u32,
 }
+
+/// What a device does with guest memory once it exists.
+type MemoryUser = Box<dyn FnOnce(&GuestMemoryMmap)>;
+
+/// A worker thread's body: guest memory and its stop eventfd.
+type WorkerFn = Box<dyn FnOnce(GuestMemoryMmap, EventFd) + Send>;
 
 /// A device's thread, told to stop through `stop`.
 struct Worker {
@@ -73,6 +80,10 @@ pub struct DeviceManager {
     irqs: IdAllocator,
     /// Interrupt eventfds to connect once the VM exists.
     irqfds: Vec<(&'static str, EventFd, u32)>,
+    /// Notification eventfds (MMIO address, datamatch) for then too.
+    ioeventfds: Vec<(&'static str, EventFd, u64, u32)>,
+    memory_users: Vec<MemoryUser>,
+    pending_workers: Vec<(String, WorkerFn)>,
     cmdline: Vec<String>,
     dsdt: Vec<Vec<u8>>,
     workers: Vec<Worker>,
@@ -96,6 +107,9 @@ impl DeviceManager {
             irqs: IdAllocator::new(FIRST_IRQ, LAST_IRQ)
                 .unwrap_or_else(|_| unreachable!("the IRQ range is valid")),
             irqfds: Vec::new(),
+            ioeventfds: Vec::new(),
+            memory_users: Vec::new(),
+            pending_workers: Vec::new(),
             cmdline: Vec::new(),
             dsdt: Vec::new(),
             workers: Vec::new(),
@@ -124,13 +138,10 @@ impl DeviceManager {
         Ok(evt)
     }
 
-    /// Places an MMIO device in a window of its own with an interrupt line
-    /// of its own; returns where, and the eventfd that raises the line.
-    pub fn add_mmio_device(
-        &mut self,
-        name: &'static str,
-        device: SharedDevice,
-    ) -> Result<(MmioSlot, EventFd), Error> {
+    /// A window of its own and an interrupt line of its own for an MMIO
+    /// device; returns where, and the eventfd that raises the line. The
+    /// device goes on the bus with [`DeviceManager::insert_mmio`].
+    pub fn reserve_mmio(&mut self, name: &'static str) -> Result<(MmioSlot, EventFd), Error> {
         let range = self
             .mmio_space
             .allocate(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE, AllocPolicy::FirstMatch)
@@ -141,11 +152,50 @@ impl DeviceManager {
             size: MMIO_WINDOW_SIZE,
             irq,
         };
-        self.mmio
-            .insert(device, slot.base, slot.size)
-            .map_err(|e| Error::Bus(name, e))?;
         let evt = self.legacy_irq(name, irq)?;
         Ok((slot, evt))
+    }
+
+    /// Puts `device` in the window `slot`.
+    pub fn insert_mmio(
+        &mut self,
+        name: &'static str,
+        slot: MmioSlot,
+        device: SharedDevice,
+    ) -> Result<(), Error> {
+        self.mmio
+            .insert(device, slot.base, slot.size)
+            .map_err(|e| Error::Bus(name, e))
+    }
+
+    /// Once the VM exists, a 4-byte guest write of `datamatch` to MMIO
+    /// address `addr` signals `evt` inside KVM, without an exit to kvmini
+    /// (a virtio queue notification).
+    pub fn ioeventfd(
+        &mut self,
+        name: &'static str,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), Error> {
+        let ours = evt.try_clone().map_err(|e| Error::EventFd(name, e))?;
+        self.ioeventfds.push((name, ours, addr, datamatch));
+        Ok(())
+    }
+
+    /// Runs `f` with guest memory once it exists (at [`DeviceManager::attach`]).
+    pub fn on_memory(&mut self, f: impl FnOnce(&GuestMemoryMmap) + 'static) {
+        self.memory_users.push(Box::new(f));
+    }
+
+    /// Starts a device's worker thread at [`DeviceManager::attach`], with
+    /// guest memory and an eventfd that becomes readable when the VM stops
+    /// (the worker must return soon after).
+    pub fn add_worker<F>(&mut self, name: &str, run: F)
+    where
+        F: FnOnce(GuestMemoryMmap, EventFd) + Send + 'static,
+    {
+        self.pending_workers.push((name.to_string(), Box::new(run)));
     }
 
     fn allocate_irq(&mut self, name: &'static str) -> Result<u32, Error> {
@@ -184,11 +234,24 @@ impl DeviceManager {
         &self.dsdt
     }
 
-    /// Connects every interrupt eventfd to the VM's irqchip.
-    pub fn attach(&mut self, vm: &Vm) -> Result<(), Error> {
+    /// Connects every interrupt and notification eventfd to the VM, hands
+    /// guest memory to the devices that asked for it, and starts their
+    /// worker threads.
+    pub fn attach(&mut self, vm: &Vm, mem: &GuestMemoryMmap) -> Result<(), Error> {
         for (name, evt, irq) in &self.irqfds {
             vm.register_irqfd(evt, *irq)
                 .map_err(|e| Error::Irqfd(name, e))?;
+        }
+        for (name, evt, addr, datamatch) in &self.ioeventfds {
+            vm.register_ioeventfd(evt, *addr, *datamatch)
+                .map_err(|e| Error::Irqfd(name, e))?;
+        }
+        for f in self.memory_users.drain(..) {
+            f(mem);
+        }
+        for (name, run) in std::mem::take(&mut self.pending_workers) {
+            let mem = mem.clone();
+            self.spawn_worker(&name, move |stop| run(mem, stop))?;
         }
         Ok(())
     }
@@ -261,8 +324,10 @@ mod tests {
     #[test]
     fn mmio_devices_get_their_own_window_and_line() {
         let mut dm = DeviceManager::new();
-        let (a, _) = dm.add_mmio_device("a", nothing()).unwrap();
-        let (b, _) = dm.add_mmio_device("b", nothing()).unwrap();
+        let (a, _) = dm.reserve_mmio("a").unwrap();
+        dm.insert_mmio("a", a, nothing()).unwrap();
+        let (b, _) = dm.reserve_mmio("b").unwrap();
+        dm.insert_mmio("b", b, nothing()).unwrap();
         assert_eq!(a.base, MMIO_DEVICES_START);
         assert_eq!(b.base, MMIO_DEVICES_START + MMIO_WINDOW_SIZE);
         assert_eq!((a.irq, b.irq), (5, 6));
@@ -278,7 +343,7 @@ mod tests {
         let mut dm = DeviceManager::new();
         let mut got = Vec::new();
         let e = loop {
-            match dm.add_mmio_device("d", nothing()) {
+            match dm.reserve_mmio("d") {
                 Ok((slot, _)) => got.push(slot.irq),
                 Err(e) => break e,
             }

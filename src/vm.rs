@@ -25,6 +25,8 @@ pub enum Error {
     Pit(#[source] kvm_ioctls::Error),
     #[error("cannot batch port writes")]
     Coalesce(#[source] kvm_ioctls::Error),
+    #[error("cannot register a notification eventfd")]
+    Ioeventfd(#[source] kvm_ioctls::Error),
     #[error("cannot connect IRQ {1} to its eventfd")]
     Irqfd(#[source] kvm_ioctls::Error, u32),
 }
@@ -82,6 +84,19 @@ impl Vm {
         self.fd
             .register_irqfd(evt, irq)
             .map_err(|e| Error::Irqfd(e, irq))
+    }
+
+    /// Signals `evt` in the kernel when the guest writes the 4-byte value
+    /// `datamatch` to MMIO address `addr` (no exit to kvmini).
+    pub fn register_ioeventfd(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), Error> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(Error::Ioeventfd)
     }
 
     /// Lets KVM batch writes to `port` in its coalesced ring instead of

@@ -24,6 +24,9 @@ use crate::console::watch::PatternWatch;
 use crate::console::{self, Backend, Console, ConsoleLoop, Port, SerialLog, Stdin, Wiring};
 use crate::control::{StopReason, VmControl};
 use crate::device_manager::DeviceManager;
+use crate::devices::virtio::block::{self, Disk};
+use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::Interrupt;
 use crate::devices::{
     acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
 };
@@ -56,6 +59,10 @@ pub enum Error {
     TooManyCpus(u8, usize),
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Disk(#[from] block::Error),
+    #[error("cannot set up virtio device {0}: {1}")]
+    Virtio(String, String),
     #[error(transparent)]
     SerialBackend(#[from] console::backend::Error),
     #[error("--serial-log {0}: cannot create the file")]
@@ -93,6 +100,7 @@ impl Error {
             | Error::Cmdline(_)
             | Error::TooManyCpus(..)
             | Error::Config(_)
+            | Error::Disk(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
             | Error::Input(..)
@@ -105,6 +113,7 @@ impl Error {
             | Error::Vm(_)
             | Error::Vcpu(_)
             | Error::Devices(_)
+            | Error::Virtio(..)
             | Error::Console(_)
             | Error::Thread(_) => INTERNAL_ERROR,
         }
@@ -229,6 +238,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     // console's files and sockets (status 2 whatever KVM would say).
     config.check()?;
     loader::preflight(&config.kernel, config.initramfs.as_deref())?;
+    let disks = open_disks(config)?;
     let signals = console::signal_fd().map_err(Error::Console)?;
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
@@ -271,7 +281,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         reaper: None,
     };
     loop {
-        let vmm = Vmm::build(&kvm, config, console.ports.len(), &mut shared)?;
+        let vmm = Vmm::build(&kvm, config, console.ports.len(), &disks, &mut shared)?;
         let reason = vmm.run(&mut console, &mut loop_state, &mut shared);
         let reason = match (console.verdict(), reason) {
             // --fail-on / --until saw output the guest printed before it
@@ -316,6 +326,7 @@ impl Vmm {
         kvm: &Kvm,
         config: &VmConfig,
         ports: usize,
+        disks: &[Arc<Disk>],
         shared: &mut Shared,
     ) -> Result<Self, Error> {
         // 1. The device plan: every device with its bus range and its
@@ -324,6 +335,9 @@ impl Vmm {
         let control = Arc::new(VmControl::new().map_err(Error::Console)?);
         let mut devices = DeviceManager::new();
         let wiring = plan_devices(&mut devices, ports, &control, &shared.trace)?;
+        for (i, disk) in disks.iter().enumerate() {
+            plan_disk(&mut devices, i, disk.clone())?;
+        }
 
         // 2. Memory and the kernel, 3. the boot data, from the plan. None
         // of it needs a VM, so bad input is caught before KVM is asked for
@@ -393,7 +407,7 @@ impl Vmm {
                 log::debug!("the VM is destroyed on kvmini's own path: {e}");
             }
         }
-        devices.attach(&vm)?;
+        devices.attach(&vm, &mem)?;
         // Without interrupts nothing waits for a THR write to take effect
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
@@ -440,10 +454,13 @@ impl Vmm {
         if let Some(t) = &self.trace {
             t.mark("VM ready");
         }
+        // The buses stay referenced here until the vCPUs are joined: their
+        // devices must be dropped on this thread, whose filter allows
+        // closing their descriptors (a vCPU's does not).
         let (io, mmio) = self.devices.buses();
         let threads = self.vcpus.go(&Go {
-            io,
-            mmio,
+            io: io.clone(),
+            mmio: mmio.clone(),
             trace: self.trace.clone(),
         });
         if let Some(f) = shared.console_filter.take() {
@@ -481,6 +498,7 @@ impl Vmm {
         }
         stop_threads(threads);
         self.devices.stop_workers();
+        drop((io, mmio));
         console.finish(&self.control, &self.wiring);
         if let Some(t) = &self.trace {
             t.mark("VM stopped");
@@ -651,6 +669,57 @@ fn plan_devices(
     let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(trace.clone())));
     devices.add_port_device("POST", post, POST_PORT, 1)?;
     Ok(wiring)
+}
+
+/// Opens every `--disk` image (and takes its lock) before KVM is opened;
+/// the same image twice is refused, however it is spelled.
+fn open_disks(config: &VmConfig) -> Result<Vec<Arc<Disk>>, Error> {
+    let mut disks: Vec<Arc<Disk>> = Vec::new();
+    for d in &config.disks {
+        // A second open of the same image would fail on its own lock, with
+        // a message that blames another process.
+        let same = std::fs::metadata(&d.path).ok().and_then(|m| {
+            use std::os::unix::fs::MetadataExt;
+            let id = (m.dev(), m.ino());
+            disks.iter().find(|o| o.identity() == Some(id))
+        });
+        if same.is_some() {
+            return Err(block::Error::Twice(d.path.clone()).into());
+        }
+        disks.push(Arc::new(Disk::open(&d.path, d.read_only, &d.serial)?));
+    }
+    Ok(disks)
+}
+
+/// Disk `index` as a virtio-blk device: its MMIO window, interrupt,
+/// notification eventfd, DSDT node and worker thread.
+fn plan_disk(devices: &mut DeviceManager, index: usize, disk: Arc<Disk>) -> Result<(), Error> {
+    const NAME: &str = "virtio-blk";
+    let err = |e: String| Error::Virtio(format!("{NAME}{index}"), e);
+    let (slot, irq) = devices.reserve_mmio(NAME)?;
+    let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| err(e.to_string()))?;
+    let (block, worker) = block::new(disk).map_err(|e| err(e.to_string()))?;
+    let transport = MmioTransport::new(
+        Box::new(block),
+        Interrupt::new(irq),
+        vec![notify.try_clone().map_err(|e| err(e.to_string()))?],
+    )
+    .map_err(err)?;
+    let transport = Arc::new(Mutex::new(transport));
+    devices.insert_mmio(NAME, slot, transport.clone())?;
+    devices.ioeventfd(NAME, &notify, slot.base + mmio::NOTIFY_OFFSET, 0)?;
+    devices.on_memory(move |mem| {
+        transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_memory(mem.clone())
+    });
+    devices.add_worker(&format!("{NAME}{index}"), move |mem, stop| {
+        worker.run(mem, notify, stop)
+    });
+    let index = u8::try_from(index).map_err(|_| err("too many disks".into()))?;
+    devices.add_dsdt(mmio::dsdt_node(index, slot));
+    Ok(())
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then

@@ -51,6 +51,14 @@ fn bad_input_is_found_before_kvm_is_opened() {
     let e = empty.to_str().unwrap();
     let m = missing.to_str().unwrap();
     let no_dir_log = format!("{m}/sub/log");
+    let small = dir.path("small.img");
+    std::fs::write(&small, [0u8; 100]).unwrap();
+    let odd = dir.path("odd.img");
+    std::fs::write(&odd, [0u8; 1000]).unwrap();
+    let big = dir.path("big.img");
+    std::fs::write(&big, [0u8; 4096]).unwrap();
+    let (small, odd) = (small.to_str().unwrap(), odd.to_str().unwrap());
+    let big = big.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--kernel", m], "--kernel"),
         (vec!["--kernel", d], "is a directory"),
@@ -67,6 +75,14 @@ fn bad_input_is_found_before_kvm_is_opened() {
         (
             vec!["--serial", "file=/nonexistent-dir/x"],
             "--serial file=",
+        ),
+        (vec!["--disk", m], "--disk"),
+        (vec!["--disk", d], "is a directory"),
+        (vec!["--disk", small], "smaller than one 512-byte sector"),
+        (vec!["--disk", odd], "not a multiple of 512"),
+        (
+            vec!["--disk", big, "--disk", big],
+            "the same image is given twice",
         ),
     ];
     for (args, names) in cases {

@@ -20,6 +20,7 @@ pub enum Mode {
     PowerOff,
     Panic,
     Post,
+    Blk,
 }
 
 pub struct Args {
@@ -65,6 +66,7 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"poweroff" => Mode::PowerOff,
         b"panic" => Mode::Panic,
         b"post" => Mode::Post,
+        b"blk" => Mode::Blk,
         _ => {
             if let Some(n) = kv(word, b"exit") {
                 Mode::Exit(u8::try_from(n).ok()?)

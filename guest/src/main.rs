@@ -22,6 +22,8 @@
 //!   poweroff    "powering off\n", then ACPI S5: SLP_TYP=5|SLP_EN to PM1a_CNT (0x604)
 //!   panic       prints Linux's panic banner, then resets like Linux with panic=-1
 //!   post        writes POST codes 0x01, 0x02, 0x03 to port 0x80, exit 0
+//!   blk         a virtio-blk driver: capacity, sector 0, writes, flushes and
+//!               reads back sector 1, a read past the end (see blk.rs), exit 0
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
 //!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
 //! Exit status N = 1-byte `out 0xf4` (isa-debug-exit; QEMU reports (N<<1)|1),
@@ -30,6 +32,7 @@
 #![no_std]
 #![no_main]
 
+mod blk;
 mod bootinfo;
 mod chaos;
 mod cmdline;
@@ -65,6 +68,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::PowerOff => poweroff(),
         Mode::Panic => reboot(b"Kernel panic - not syncing: tiny guest asked for it\n"),
         Mode::Post => post(),
+        Mode::Blk => blk::run(),
     }
 }
 

@@ -153,8 +153,9 @@ pub struct BlockWorker {
 }
 
 /// A block device for `disk`: the device for the transport, and the
-/// worker for the device manager to run.
-pub fn new(disk: Disk) -> io::Result<(Block, BlockWorker)> {
+/// worker for the device manager to run. The disk (and its lock) outlives
+/// any one boot of the guest.
+pub fn new(disk: Arc<Disk>) -> io::Result<(Block, BlockWorker)> {
     let (tx, rx) = mpsc::channel();
     let wake = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
     let block = Block {
@@ -166,7 +167,7 @@ pub fn new(disk: Disk) -> io::Result<(Block, BlockWorker)> {
     Ok((
         block,
         BlockWorker {
-            disk: Arc::new(disk),
+            disk,
             commands: rx,
             wake,
         },
@@ -618,7 +619,7 @@ mod tests {
         let img = image_of(2);
         let path = f.image("d.img", &img);
         let disk = Disk::open(&path, true, "").unwrap();
-        let (block, _) = new(Disk::open(&path, true, "").unwrap()).unwrap();
+        let (block, _) = new(Arc::new(Disk::open(&path, true, "").unwrap())).unwrap();
         assert_ne!(block.features() & (1 << VIRTIO_BLK_F_RO), 0);
         header(&f.mem, 0x100, VIRTIO_BLK_T_OUT, 0);
         run(
@@ -668,7 +669,7 @@ mod tests {
         );
         assert_eq!(r1.sectors(), 2);
         let mut cap = [0u8; 8];
-        new(Disk::open(&good, true, "").unwrap())
+        new(Arc::new(Disk::open(&good, true, "").unwrap()))
             .unwrap()
             .0
             .read_config(0, &mut cap);

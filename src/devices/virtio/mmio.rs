@@ -296,6 +296,25 @@ impl BusDevice for MmioTransport {
 /// The offset of the QueueNotify register, for the ioeventfd.
 pub const NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
+/// The DSDT node that makes Linux's virtio_mmio driver find device
+/// `index` in `slot` (`_HID "LNRO0005"`, its window and its interrupt):
+/// distribution kernels build virtio-mmio without command-line devices.
+pub fn dsdt_node(index: u8, slot: crate::device_manager::MmioSlot) -> Vec<u8> {
+    use acpi_tables::{aml, Aml};
+    let name = format!("V{index:03}");
+    let mem = aml::Memory32Fixed::new(true, slot.base as u32, slot.size as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, slot.irq);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
+    let uid = u32::from(index);
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let device = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
+    let mut bytes = Vec::new();
+    device.to_aml_bytes(&mut bytes);
+    bytes
+}
+
 /// The driver's setup steps, for tests (and the fuzz target) to drive a
 /// transport the way Linux's virtio_mmio driver does.
 #[doc(hidden)]
