@@ -633,7 +633,9 @@ fn create_vcpu(setup: &VcpuSetup, vm: &Vm, cpuid: &CpuId) -> Result<Vcpu, Error>
 
 /// The legacy PC devices every guest gets, and `ports` UARTs (COM1, then
 /// COM2) each writing into a fresh output queue; returns the UARTs' wiring.
-fn plan_devices(
+/// (Public for the fuzz targets, which test the devices as kvmini wires
+/// them.)
+pub fn plan_devices(
     devices: &mut DeviceManager,
     ports: usize,
     control: &Arc<VmControl>,

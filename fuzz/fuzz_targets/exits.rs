@@ -56,21 +56,19 @@
 #![no_main]
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use kvmini::arch::layout::*;
-use kvmini::bus::{Bus, SharedDevice};
-use kvmini::console::queue::{OutQueue, QueueWriter};
+use kvmini::bus::Bus;
+use kvmini::console::Wiring;
 use kvmini::control::{StopReason, VmControl};
-use kvmini::devices::{
-    acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
-};
+use kvmini::device_manager::DeviceManager;
 use kvmini::trace::BootTrace;
 use kvmini::vcpu::exit::{handle, Action, Exit, TripleFault};
+use kvmini::vmm::plan_devices;
 
 /// Longest string I/O buffer (KVM itself caps string I/O at a page).
 const MAX_IO_BYTES: usize = 1024;
@@ -178,69 +176,31 @@ fn base(dev: Dev) -> u16 {
     ranges().iter().find(|r| r.0 == dev).map(|r| r.1).unwrap()
 }
 
-struct Uart {
-    device: Arc<Mutex<SerialDevice>>,
-    queue: Arc<OutQueue>,
-    rx_ready: EventFd,
-    _irq: EventFd,
-}
-
-/// The devices, wired as `Vmm::build` and `serial_port` wire them (minus the
-/// irqfd registration, which needs a VM).
+/// The devices, planned by kvmini's own `vmm::plan_devices` (what
+/// `Vmm::build` does, minus the VM: interrupt eventfds stay unconnected).
 struct Machine {
-    io: Bus,
-    mmio: Bus,
+    io: Arc<Bus>,
+    mmio: Arc<Bus>,
     control: Arc<VmControl>,
-    uarts: [Uart; 2],
+    uarts: Vec<Wiring>,
     trace: Arc<BootTrace>,
-}
-
-fn uart(name: &'static str, trace: &Arc<BootTrace>) -> Uart {
-    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let rx_ready = EventFd::new(EFD_NONBLOCK).unwrap();
-    let queue = Arc::new(OutQueue::new().unwrap());
-    let device = Arc::new(Mutex::new(SerialDevice::new(
-        name,
-        irq.try_clone().unwrap(),
-        rx_ready.try_clone().unwrap(),
-        Box::new(QueueWriter::new(queue.clone(), Some(trace.clone()))),
-    )));
-    Uart {
-        device,
-        queue,
-        rx_ready,
-        _irq: irq,
-    }
+    _devices: DeviceManager,
 }
 
 impl Machine {
     fn new() -> Self {
         let control = Arc::new(VmControl::new().unwrap());
-        let mut io = Bus::new();
         let trace = Arc::new(BootTrace::new(std::time::Instant::now()));
-        let uarts = [uart("COM1", &trace), uart("COM2", &trace)];
-        for (u, port) in uarts.iter().zip([COM1_PORT, COM2_PORT]) {
-            let dev: SharedDevice = u.device.clone();
-            io.insert(dev, u64::from(port), u64::from(UART_PORT_COUNT))
-                .unwrap();
-        }
-        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
-        io.insert(i8042, u64::from(I8042_PORT), u64::from(I8042_PORT_COUNT))
-            .unwrap();
-        let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
-        io.insert(debug_exit, u64::from(DEBUG_EXIT_PORT), 1)
-            .unwrap();
-        let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
-        io.insert(pm, u64::from(PM1A_EVT_PORT), u64::from(ACPI_PORT_COUNT))
-            .unwrap();
-        let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(Some(trace.clone()))));
-        io.insert(post, u64::from(POST_PORT), 1).unwrap();
+        let mut devices = DeviceManager::new();
+        let uarts = plan_devices(&mut devices, 2, &control, &Some(trace.clone())).unwrap();
+        let (io, mmio) = devices.buses();
         Self {
             io,
-            mmio: Bus::new(),
+            mmio,
             control,
             uarts,
             trace,
+            _devices: devices,
         }
     }
 }
