@@ -155,10 +155,7 @@ fuzz_target!(|args: Vec<Arg>| {
         c.cpus
     );
     if let Some(t) = c.timeout {
-        assert!(
-            !t.is_zero(),
-            "{argv:?}: a zero timeout was accepted"
-        );
+        assert!(!t.is_zero(), "{argv:?}: a zero timeout was accepted");
     }
     assert!(
         !c.serial_timestamps || c.serial_log.is_some(),

@@ -61,7 +61,8 @@ fn disk() -> Arc<Disk> {
 fuzz_target!(|input: Input| {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let n = input.memory.len().min(MEM);
-    mem.write_slice(&input.memory[..n], GuestAddress(0)).unwrap();
+    mem.write_slice(&input.memory[..n], GuestAddress(0))
+        .unwrap();
     let disk = disk();
 
     // 1, 2: the register file.
@@ -103,7 +104,11 @@ fuzz_target!(|input: Input| {
             let before = q.next_used();
             block::process_queue(&mut q, &mem, &disk);
             let done = q.next_used().wrapping_sub(before);
-            assert!(done <= q.size(), "{done} completions from a queue of {}", q.size());
+            assert!(
+                done <= q.size(),
+                "{done} completions from a queue of {}",
+                q.size()
+            );
         }
     }
     assert_eq!(disk.sectors(), DISK_SECTORS);
