@@ -16,12 +16,14 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use seccompiler::sock_filter;
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::{MMIO_DEVICES_SIZE, MMIO_DEVICES_START, MMIO_WINDOW_SIZE};
 use crate::bus::{self, Bus, SharedDevice};
+use crate::control::{StopReason, VmControl};
 use crate::vm::{self, Vm};
 
 /// IOAPIC pins the manager hands out; the ones below 5 and those named in
@@ -84,6 +86,10 @@ pub struct DeviceManager {
     ioeventfds: Vec<(&'static str, EventFd, u64, u32)>,
     memory_users: Vec<MemoryUser>,
     pending_workers: Vec<(String, WorkerFn)>,
+    /// Installed by each worker thread before it runs (None: --no-seccomp).
+    worker_filter: Option<&'static [sock_filter]>,
+    /// Told when a worker cannot confine itself.
+    control: Option<Arc<VmControl>>,
     cmdline: Vec<String>,
     dsdt: Vec<Vec<u8>>,
     workers: Vec<Worker>,
@@ -110,10 +116,23 @@ impl DeviceManager {
             ioeventfds: Vec::new(),
             memory_users: Vec::new(),
             pending_workers: Vec::new(),
+            worker_filter: None,
+            control: None,
             cmdline: Vec::new(),
             dsdt: Vec::new(),
             workers: Vec::new(),
         }
+    }
+
+    /// Worker threads install `filter` before they run; a thread that
+    /// cannot stops the VM through `control`.
+    pub fn confine_workers(
+        &mut self,
+        filter: Option<&'static [sock_filter]>,
+        control: Arc<VmControl>,
+    ) {
+        self.worker_filter = filter;
+        self.control = Some(control);
     }
 
     /// Places a port device at `base..base+len`.
@@ -265,9 +284,21 @@ impl DeviceManager {
         let err = |e| Error::Thread(name.to_string(), e);
         let stop = EventFd::new(EFD_NONBLOCK).map_err(err)?;
         let theirs = stop.try_clone().map_err(err)?;
+        let (filter, control) = (self.worker_filter, self.control.clone());
+        let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(theirs))
+            .spawn(move || {
+                if let Some(f) = filter {
+                    if let Err(e) = crate::seccomp::install(f) {
+                        if let Some(c) = control {
+                            c.stop(StopReason::HostError(format!("{thread_name}: {e}")));
+                        }
+                        return;
+                    }
+                }
+                run(theirs)
+            })
             .map_err(err)?;
         self.workers.push(Worker {
             name: name.to_string(),

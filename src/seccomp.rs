@@ -13,6 +13,19 @@ use seccompiler::sock_filter;
 
 include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 
+// The policy is compiled by build.rs; at run time only its list of thread
+// kinds is needed (the compiling functions are left out of the binary).
+#[allow(dead_code)]
+#[path = "seccomp_policy.rs"]
+mod policy;
+
+pub use policy::ThreadKind;
+
+/// The embedded filter for threads of `kind`.
+pub fn filter(kind: ThreadKind) -> &'static [sock_filter] {
+    FILTERS[kind as usize]
+}
+
 /// Errors installing a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,27 +35,23 @@ pub enum Error {
 
 /// The filter for a vCPU thread.
 pub fn vcpu_filter() -> &'static [sock_filter] {
-    VCPU_FILTER
+    filter(ThreadKind::Vcpu)
 }
 
 /// The filter for the console (main) thread; with `restart`, it also
 /// allows what rebuilding the VM in place needs.
 pub fn console_filter(restart: bool) -> &'static [sock_filter] {
-    if restart {
-        CONSOLE_RESTART_FILTER
+    filter(if restart {
+        ThreadKind::ConsoleRestart
     } else {
-        CONSOLE_FILTER
-    }
+        ThreadKind::Console
+    })
 }
 
 /// Installs `filter` on the calling thread.
 pub fn install(filter: &[sock_filter]) -> Result<(), Error> {
     seccompiler::apply_filter(filter).map_err(Error::Install)
 }
-
-#[cfg(test)]
-#[path = "seccomp_policy.rs"]
-mod policy;
 
 #[cfg(test)]
 mod tests {
@@ -164,19 +173,18 @@ mod tests {
 
     #[test]
     fn the_embedded_filters_are_the_policy() {
-        assert_eq!(vcpu_filter(), vcpu_program().unwrap());
-        assert_eq!(console_filter(false), console_program(false).unwrap());
-        assert_eq!(console_filter(true), console_program(true).unwrap());
+        for kind in ThreadKind::ALL {
+            assert_eq!(filter(kind), kind.program().unwrap(), "{kind:?}");
+        }
+        assert_eq!(vcpu_filter(), filter(ThreadKind::Vcpu));
+        assert_eq!(console_filter(false), filter(ThreadKind::Console));
+        assert_eq!(console_filter(true), filter(ThreadKind::ConsoleRestart));
         assert_ne!(console_filter(true), console_filter(false));
     }
 
     #[test]
     fn shortened_filters_decide_as_seccompilers_own() {
-        for rules in [
-            vcpu_rules().unwrap(),
-            console_rules(false),
-            console_rules(true),
-        ] {
+        for rules in ThreadKind::ALL.map(|k| k.rules().unwrap()) {
             let long = seccompiler_program(rules).unwrap();
             let short = shorten(long.clone());
             same_verdicts(&long, &short);
@@ -237,6 +245,9 @@ mod tests {
         assert_eq!(in_child(vcpu, forbidden_ioctl), Some(libc::SIGSYS));
         let console = console_filter(false);
         assert_eq!(in_child(console, open_a_socket), Some(libc::SIGSYS));
+        let worker = filter(ThreadKind::Worker);
+        assert_eq!(in_child(worker, open_a_socket), Some(libc::SIGSYS));
+        assert_eq!(in_child(worker, kvm_run_ioctl), Some(libc::SIGSYS));
     }
 
     #[test]
@@ -244,6 +255,7 @@ mod tests {
         let vcpu = vcpu_filter();
         assert_eq!(in_child(vcpu, allowed_calls), None);
         assert_eq!(in_child(vcpu, kvm_run_ioctl), None);
+        assert_eq!(in_child(filter(ThreadKind::Worker), allowed_calls), None);
         let console = console_filter(true);
         assert_eq!(in_child(console, allowed_calls), None);
         assert_eq!(in_child(console, forbidden_ioctl), None);

@@ -32,6 +32,15 @@
 //!   newfstatat, fstat, statx, lseek, eventfd2, clone, clone3, mprotect,
 //!   set_robust_list, rseq, prctl, seccomp, sched_getaffinity, getrandom,
 //!   sendmsg (handing the new VM to the teardown helper).
+//!
+//! Device worker threads (a virtio-blk disk's):
+//! - poll, ppoll, read, write (eventfds: stop, wake-up, queue notification,
+//!   interrupt; log lines on stderr)
+//! - pread64, pwrite64, fdatasync (the disk image)
+//! - close (eventfds dropped when the worker ends)
+//! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
+//!   rt_sigprocmask, sigaltstack, sched_yield, clock_gettime, gettid,
+//!   getpid, exit, exit_group (std, allocation, leaving)
 
 use std::collections::BTreeMap;
 
@@ -118,6 +127,71 @@ const RESTART_CALLS: &[i64] = &[
     libc::SYS_getrandom,
     libc::SYS_sendmsg,
 ];
+
+const WORKER_CALLS: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_mremap,
+    libc::SYS_munmap,
+    libc::SYS_brk,
+    libc::SYS_madvise,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Every kind of thread kvmini runs, each confined by its own program.
+/// This list is the one place they are named: build.rs compiles one
+/// program per kind, in the order of [`ThreadKind::ALL`], into the array
+/// that src/seccomp.rs embeds, and the tests check every one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    Vcpu,
+    /// The main thread once the VM runs.
+    Console,
+    /// The main thread with `--on-reboot restart`.
+    ConsoleRestart,
+    /// A device's worker thread.
+    Worker,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Console,
+        ThreadKind::ConsoleRestart,
+        ThreadKind::Worker,
+    ];
+
+    /// What a thread of this kind may call.
+    pub fn rules(self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+        match self {
+            ThreadKind::Vcpu => vcpu_rules(),
+            ThreadKind::Console => Ok(console_rules(false)),
+            ThreadKind::ConsoleRestart => Ok(console_rules(true)),
+            ThreadKind::Worker => Ok(WORKER_CALLS.iter().map(|&c| (c, vec![])).collect()),
+        }
+    }
+
+    /// The (shortened) program for a thread of this kind.
+    pub fn program(self) -> Result<BpfProgram, BackendError> {
+        Ok(shorten(seccompiler_program(self.rules()?)?))
+    }
+}
 
 /// seccompiler's own program for `rules`, as it compiles it.
 pub fn seccompiler_program(
@@ -263,14 +337,4 @@ pub fn console_rules(restart: bool) -> BTreeMap<i64, Vec<SeccompRule>> {
         .chain(extra)
         .map(|&c| (c, vec![]))
         .collect()
-}
-
-/// The program for a vCPU thread.
-pub fn vcpu_program() -> Result<BpfProgram, BackendError> {
-    Ok(shorten(seccompiler_program(vcpu_rules()?)?))
-}
-
-/// The program for the console (main) thread.
-pub fn console_program(restart: bool) -> Result<BpfProgram, BackendError> {
-    Ok(shorten(seccompiler_program(console_rules(restart))?))
 }

@@ -214,6 +214,8 @@ struct Shared {
     cpuid: Option<CpuId>,
     /// The vCPU threads' seccomp filter (with --no-seccomp: none).
     vcpu_filter: Option<&'static [sock_filter]>,
+    /// The device worker threads' filter (with --no-seccomp: none).
+    worker_filter: Option<&'static [sock_filter]>,
     /// The helper that destroys each VM after kvmini has reported; made
     /// before the first VM (and before any thread), kept for the reboots.
     reaper: Option<Reaper>,
@@ -278,6 +280,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         trace,
         cpuid: None,
         vcpu_filter: config.seccomp.then(seccomp::vcpu_filter),
+        worker_filter: config
+            .seccomp
+            .then(|| seccomp::filter(seccomp::ThreadKind::Worker)),
         reaper: None,
     };
     loop {
@@ -334,6 +339,7 @@ impl Vmm {
         // needs no VM; interrupts are connected once the VM exists.
         let control = Arc::new(VmControl::new().map_err(Error::Console)?);
         let mut devices = DeviceManager::new();
+        devices.confine_workers(shared.worker_filter, control.clone());
         let wiring = plan_devices(&mut devices, ports, &control, &shared.trace)?;
         for (i, disk) in disks.iter().enumerate() {
             plan_disk(&mut devices, i, disk.clone())?;
