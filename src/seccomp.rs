@@ -172,6 +172,16 @@ mod tests {
     }
 
     #[test]
+    fn ioctl_numbers_are_kvms() {
+        // _IOW(KVMIO, 0x67, struct kvm_coalesced_mmio_zone)
+        let size = std::mem::size_of::<kvm_bindings::kvm_coalesced_mmio_zone>() as u64;
+        assert_eq!(
+            KVM_REGISTER_COALESCED_MMIO,
+            (1 << 30) | (size << 16) | (0xae << 8) | 0x67
+        );
+    }
+
+    #[test]
     fn the_embedded_filters_are_the_policy() {
         for kind in ThreadKind::ALL {
             assert_eq!(filter(kind), kind.program().unwrap(), "{kind:?}");
@@ -245,6 +255,9 @@ mod tests {
         assert_eq!(in_child(vcpu, forbidden_ioctl), Some(libc::SIGSYS));
         let console = console_filter(false);
         assert_eq!(in_child(console, open_a_socket), Some(libc::SIGSYS));
+        // The console's ioctls are the terminal's, by request number.
+        assert_eq!(in_child(console, kvm_run_ioctl), Some(libc::SIGSYS));
+        assert_eq!(in_child(console, forbidden_ioctl), None, "TCGETS");
         let worker = filter(ThreadKind::Worker);
         assert_eq!(in_child(worker, open_a_socket), Some(libc::SIGSYS));
         assert_eq!(in_child(worker, kvm_run_ioctl), Some(libc::SIGSYS));

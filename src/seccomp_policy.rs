@@ -21,8 +21,11 @@
 //! - poll, ppoll, read, write, readv, writev, recvfrom, sendto (console
 //!   I/O: stdin, stdout, files, ptys, sockets, eventfds, the signalfd)
 //! - accept4, close, fcntl (socket clients come and go)
-//! - ioctl (restoring the terminal; KVM calls when the guest reboots in
-//!   place)
+//! - ioctl, only TCGETS, TCSETS, TCSETSW, TCSETSF and TIOCGWINSZ
+//!   (isatty, restoring the terminal), FIONBIO and FIOCLEX (socket
+//!   clients) and KVM_REGISTER_COALESCED_MMIO (batching COM1's writes);
+//!   with `--on-reboot restart` any
+//!   (the KVM calls of rebuilding the VM)
 //! - tgkill (kicking vCPU threads), clock_nanosleep, nanosleep, sched_yield
 //! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
 //!   rt_sigprocmask, sigaltstack, clock_gettime, gettid, getpid,
@@ -181,8 +184,8 @@ impl ThreadKind {
     pub fn rules(self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
         match self {
             ThreadKind::Vcpu => vcpu_rules(),
-            ThreadKind::Console => Ok(console_rules(false)),
-            ThreadKind::ConsoleRestart => Ok(console_rules(true)),
+            ThreadKind::Console => console_rules(false),
+            ThreadKind::ConsoleRestart => console_rules(true),
             ThreadKind::Worker => Ok(WORKER_CALLS.iter().map(|&c| (c, vec![])).collect()),
         }
     }
@@ -328,13 +331,43 @@ pub fn vcpu_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     Ok(rules)
 }
 
+/// KVM_REGISTER_COALESCED_MMIO: _IOW(KVMIO, 0x67, struct
+/// kvm_coalesced_mmio_zone), 16 bytes.
+pub const KVM_REGISTER_COALESCED_MMIO: u64 = 0x4010_ae67;
+
+/// The ioctls the console thread makes once the VM runs: isatty and
+/// tcgetattr (TCGETS), restoring the terminal (TCSETS and its draining
+/// variants), the window size a logger may ask for, making an accepted
+/// socket client non-blocking (FIONBIO) and close-on-exec (FIOCLEX), and
+/// batching COM1's writes once a guest without interrupts prints a lot.
+const CONSOLE_IOCTLS: &[u64] = &[
+    KVM_REGISTER_COALESCED_MMIO,
+    libc::FIONBIO,
+    libc::FIOCLEX,
+    libc::TCGETS,
+    libc::TCSETS,
+    libc::TCSETSW,
+    libc::TCSETSF,
+    libc::TIOCGWINSZ,
+];
+
 /// What the console (main) thread may call; with `restart`, also what
-/// rebuilding the VM in place needs.
-pub fn console_rules(restart: bool) -> BTreeMap<i64, Vec<SeccompRule>> {
+/// rebuilding the VM in place needs (then any ioctl: the KVM setup calls).
+pub fn console_rules(restart: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let extra: &[i64] = if restart { RESTART_CALLS } else { &[] };
-    CONSOLE_CALLS
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = CONSOLE_CALLS
         .iter()
         .chain(extra)
         .map(|&c| (c, vec![]))
-        .collect()
+        .collect();
+    if !restart {
+        rules.insert(
+            libc::SYS_ioctl,
+            CONSOLE_IOCTLS
+                .iter()
+                .map(|&r| ioctl_rule(r))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    Ok(rules)
 }
