@@ -239,6 +239,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err("the duration must be greater than zero".into());
     }
+    // Deadlines are instants on the monotonic clock: beyond this they
+    // would not fit (and no guest waits a century).
+    const MAX_SECS: f64 = 100.0 * 365.0 * 86400.0;
+    if secs > MAX_SECS {
+        return Err(format!("'{s}' is too long (at most 100 years)"));
+    }
     match Duration::try_from_secs_f64(secs) {
         // Below a nanosecond rounds to nothing: as bad as zero.
         Ok(d) if d.is_zero() => Err("the duration must be greater than zero".into()),

@@ -23,13 +23,10 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's own message is several lines; keep the first one.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
+            say(&format!(
                 "kvmini: {} (see kvmini --help)",
-                first.trim_start_matches("error: ")
-            );
+                clap_line(&e.to_string())
+            ));
             return ExitCode::from(status::BAD_INPUT);
         }
     };
@@ -72,6 +69,29 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// clap's message on one line, all of it but the usage reminder: what is
+/// wrong, the missing arguments it lists below, its tip ("a similar
+/// argument exists") and the possible values.
+fn clap_line(text: &str) -> String {
+    let mut line = String::new();
+    for part in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+    {
+        let part = part.trim_start_matches("error: ");
+        if !line.is_empty() {
+            line.push_str(if part.starts_with("tip:") { "; " } else { " " });
+        }
+        line.push_str(part);
+    }
+    if line.is_empty() {
+        line.push_str("invalid arguments");
+    }
+    line
 }
 
 /// Writes `line` and its newline to stderr in one write(2) (eprintln!

@@ -95,6 +95,36 @@ fn timeout_garbage() {
 }
 
 #[test]
+fn timeout_too_long_to_represent() {
+    for huge in ["9300000000000000000", "4000000000", "99999999h"] {
+        assert_error(&kvmini(&["--timeout", huge]), 2, &["--timeout", "too long"]);
+    }
+}
+
+#[test]
+fn clap_errors_keep_what_they_say_on_one_line() {
+    // A tip, the missing argument, the possible values: all on the line.
+    assert_error(
+        &kvmini(&["--memroy", "512M"]),
+        2,
+        &["'--memroy'", "a similar argument exists: '--memory'"],
+    );
+    assert_error(
+        &kvmini(&["--serial-timestamps"]),
+        2,
+        &[
+            "required arguments were not provided",
+            "--serial-log <PATH>",
+        ],
+    );
+    assert_error(
+        &kvmini(&["--irqchip", "maybe"]),
+        2,
+        &["'maybe'", "possible values: auto, on, off"],
+    );
+}
+
+#[test]
 fn timeout_unknown_unit() {
     assert_error(
         &kvmini(&["--timeout", "5days"]),
