@@ -1,7 +1,8 @@
 //! What to do about a vCPU exit: a free function from the exit to an
 //! [`Action`], with no knowledge of any device beyond the two buses.
 
-use kvm_bindings::kvm_debug_exit_arch;
+/// What KVM reports about a debug exit (re-exported for the fuzz target).
+pub use kvm_bindings::kvm_debug_exit_arch;
 
 use crate::bus::Bus;
 use crate::control::StopReason;
