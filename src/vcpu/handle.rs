@@ -235,9 +235,11 @@ pub fn channel(id: u8, stops: Option<Sender<DebugStop>>) -> (PendingHandle, Mail
     )
 }
 
-/// A running vCPU thread, seen from another thread. Dropping it (or
-/// [`VcpuHandle::finish`]) closes the mailbox: the vCPU thread then ends at
-/// its next kick, or at once if it is paused.
+/// A running vCPU thread, seen from another thread (Send, not Sync: one
+/// thread commands it). Dropping it closes the mailbox, kicks the thread
+/// and joins it: the vCPU thread ends at that kick, or at once if it is
+/// paused, whether the VM is stopping or not. [`VcpuHandle::finish`] does
+/// the same without the join.
 pub struct VcpuHandle {
     id: u8,
     /// None once the handle is finishing.
