@@ -152,11 +152,23 @@ mod tests {
         }
     }
 
+    /// Requests a vCPU thread must not make: ones next to those it may.
+    const NOT_FOR_VCPUS: &[u64] = &[
+        libc::TCGETS,
+        0,
+        0xae90,      // KVM_SET_CPUID2 without its size
+        0x4090_ae90, // a KVM_SET_CPUID2-like number
+        0x9000_aea4, // KVM_GET_XSAVE
+        0x4004_ae99, // KVM_SET_MP_STATE
+        0xaeb7,      // KVM_SMI
+        0xae9a,      // KVM_NMI
+    ];
+
     fn same_verdicts(a: &[sock_filter], b: &[sock_filter]) {
-        let requests = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, libc::TCGETS, 0];
+        let requests: Vec<u64> = VCPU_IOCTLS.iter().chain(NOT_FOR_VCPUS).copied().collect();
         for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, 0] {
             for nr in (0..600).chain([0x4000_0000, 0x4000_0001, u32::MAX]) {
-                for request in requests {
+                for &request in &requests {
                     for high in [0, 1 << 32] {
                         let args = [3, request | high, 0, 0, 0, 0];
                         assert_eq!(
@@ -179,6 +191,59 @@ mod tests {
             KVM_REGISTER_COALESCED_MMIO,
             (1 << 30) | (size << 16) | (0xae << 8) | 0x67
         );
+    }
+
+    #[test]
+    fn vcpu_ioctl_numbers_are_kvms() {
+        use kvm_bindings::*;
+        use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+        ioctl_io_nr!(RUN, KVMIO, 0x80);
+        ioctl_ior_nr!(GET_REGS, KVMIO, 0x81, kvm_regs);
+        ioctl_iow_nr!(SET_REGS, KVMIO, 0x82, kvm_regs);
+        ioctl_ior_nr!(GET_SREGS, KVMIO, 0x83, kvm_sregs);
+        ioctl_iow_nr!(SET_SREGS, KVMIO, 0x84, kvm_sregs);
+        ioctl_iowr_nr!(TRANSLATE, KVMIO, 0x85, kvm_translation);
+        ioctl_iowr_nr!(GET_MSRS, KVMIO, 0x88, kvm_msrs);
+        ioctl_iow_nr!(SET_MSRS, KVMIO, 0x89, kvm_msrs);
+        ioctl_ior_nr!(GET_FPU, KVMIO, 0x8c, kvm_fpu);
+        ioctl_iow_nr!(SET_FPU, KVMIO, 0x8d, kvm_fpu);
+        ioctl_ior_nr!(GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+        ioctl_iow_nr!(SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+        ioctl_iow_nr!(SET_GUEST_DEBUG, KVMIO, 0x9b, kvm_guest_debug);
+        ioctl_ior_nr!(GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+        ioctl_iow_nr!(SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+        ioctl_ior_nr!(GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+        ioctl_iow_nr!(SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+        ioctl_io_nr!(KVMCLOCK_CTRL, KVMIO, 0xad);
+        let kvm = [
+            RUN(),
+            GET_REGS(),
+            SET_REGS(),
+            GET_SREGS(),
+            SET_SREGS(),
+            TRANSLATE(),
+            GET_MSRS(),
+            SET_MSRS(),
+            GET_FPU(),
+            SET_FPU(),
+            GET_LAPIC(),
+            SET_LAPIC(),
+            SET_GUEST_DEBUG(),
+            GET_VCPU_EVENTS(),
+            SET_VCPU_EVENTS(),
+            GET_DEBUGREGS(),
+            SET_DEBUGREGS(),
+            KVMCLOCK_CTRL(),
+        ]
+        .map(u64::from);
+        assert_eq!(VCPU_IOCTLS, kvm);
+        // Spot checks against the kernel headers' values.
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
+        assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
+        assert_eq!(KVM_KVMCLOCK_CTRL, 0xaead);
     }
 
     #[test]
@@ -207,8 +272,10 @@ mod tests {
                 short.len()
             );
         }
-        // The vCPU filter: 17 calls, three ioctl requests.
-        assert!(vcpu_filter().len() <= 30);
+        // The vCPU filter: 17 calls, 18 ioctl requests; shortened, so one
+        // compare each plus the arch check, one argument load and the
+        // returns.
+        assert!(vcpu_filter().len() <= 42, "{}", vcpu_filter().len());
     }
 
     #[test]
@@ -223,12 +290,48 @@ mod tests {
                 [3, request, 0, 0, 0, 0],
             )
         };
-        assert_eq!(ioctl(KVM_RUN), allow);
-        assert_eq!(ioctl(libc::TCGETS), kill);
+        for &request in VCPU_IOCTLS {
+            assert_eq!(ioctl(request), allow, "{request:#x}");
+            // Only the low 32 bits are compared (the kernel's ioctl takes
+            // an unsigned int): the high half does not matter.
+            assert_eq!(ioctl(request | 1 << 32), allow, "{request:#x}");
+        }
+        for &request in NOT_FOR_VCPUS {
+            assert_eq!(ioctl(request), kill, "{request:#x}");
+        }
         let plain = |nr: i64, arch: u32| eval(vcpu, arch, nr as u32, [0; 6]);
         assert_eq!(plain(libc::SYS_write, AUDIT_ARCH_X86_64), allow);
         assert_eq!(plain(libc::SYS_write, AUDIT_ARCH_I386), kill);
         assert_eq!(plain(libc::SYS_openat, AUDIT_ARCH_X86_64), kill);
+    }
+
+    #[test]
+    fn only_loads_of_what_every_path_holds_are_dropped() {
+        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        let (allow, kill) = (0x7fff_0000, 0x8000_0000);
+        // A load reached with the accumulator holding another word on one
+        // path (pc 3: nr from pc 1, arch from pc 2) must stay; one reached
+        // only with the same word (pc 5) goes.
+        let program = vec![
+            insn(0x20, 0, 0, 0),     // 0: ld [nr]
+            insn(0x15, 0, 1, 1),     // 1: jeq 1 ? 2 : 3
+            insn(0x20, 0, 0, 4),     // 2: ld [arch]
+            insn(0x20, 0, 0, 4),     // 3: ld [arch]
+            insn(0x15, 0, 3, 7),     // 4: jeq 7 ? 5 : kill
+            insn(0x20, 0, 0, 4),     // 5: ld [arch] (holds it already)
+            insn(0x15, 0, 1, 7),     // 6: jeq 7 ? allow : kill
+            insn(0x06, 0, 0, allow), // 7
+            insn(0x06, 0, 0, kill),  // 8
+        ];
+        let short = shorten(program.clone());
+        assert_eq!(short.len(), program.len() - 1, "{short:?}");
+        for arch in [7, 8] {
+            for nr in [0, 1, 7] {
+                let verdict = eval(&program, arch, nr, [0; 6]);
+                assert_eq!(eval(&short, arch, nr, [0; 6]), verdict, "{arch} {nr}");
+                assert_eq!(verdict, if arch == 7 { allow } else { kill });
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kvm_ioctls::{Cap, Kvm};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::register_signal_handler;
 
 use crate::arch::layout::*;
 use crate::arch::x86_64::{acpi, boot_params, paging, regs};
@@ -36,7 +36,7 @@ use crate::memory;
 use crate::seccomp;
 use crate::teardown::Reaper;
 use crate::trace::BootTrace;
-use crate::vcpu::{self, exit::TripleFault, Vcpu};
+use crate::vcpu::{self, exit::TripleFault, handle::PendingHandle, Vcpu, VcpuHandle};
 use crate::vm::{self, Vm};
 use seccompiler::sock_filter;
 
@@ -122,7 +122,7 @@ impl Error {
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
-    SIGRTMIN()
+    vcpu::kick_signal()
 }
 
 fn compile(flag: &'static str, patterns: &[String]) -> Result<Vec<regex::bytes::Regex>, Error> {
@@ -538,6 +538,8 @@ struct Go {
 struct Waiting {
     handle: JoinHandle<Option<Vcpu>>,
     start: Sender<(Vcpu, Go)>,
+    /// Its handle, attached to the thread with the go.
+    pending: PendingHandle,
 }
 
 /// vCPU threads from their start until Vmm::run lets them into the guest.
@@ -551,8 +553,9 @@ struct Starting {
 
 impl Starting {
     /// Starts the thread of vCPU `id`. It installs its seccomp filter and
-    /// waits for its vCPU and the [`Go`]; then it runs the vCPU until the
-    /// VM stops and returns it (its fd closes when the caller drops it).
+    /// waits for its vCPU and the [`Go`]; then it runs the vCPU, serving
+    /// its handle's commands, until the VM stops and returns it (its fd
+    /// closes when the caller drops it).
     fn spawn(
         &mut self,
         id: u8,
@@ -561,6 +564,9 @@ impl Starting {
         control: Arc<VmControl>,
     ) -> Result<(), Error> {
         let (go_tx, go_rx) = mpsc::channel::<(Vcpu, Go)>();
+        // No debugger yet: a debug exit (which nothing can ask for) would
+        // stop the VM.
+        let (pending, mailbox) = vcpu::handle::channel(id, None);
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -578,6 +584,7 @@ impl Starting {
                     &control,
                     triple_fault,
                     go.trace.as_deref(),
+                    &mailbox,
                 );
                 Some(vcpu)
             })
@@ -585,6 +592,7 @@ impl Starting {
         self.threads.push(Waiting {
             handle,
             start: go_tx,
+            pending,
         });
         Ok(())
     }
@@ -595,8 +603,8 @@ impl Starting {
     }
 
     /// Hands every vCPU to its thread and lets it into the guest; returns
-    /// the threads to join.
-    fn go(&mut self, go: &Go) -> Vec<JoinHandle<Option<Vcpu>>> {
+    /// the threads' handles.
+    fn go(&mut self, go: &Go) -> Vec<VcpuHandle> {
         let vcpus = std::mem::take(&mut self.vcpus);
         self.threads
             .drain(..)
@@ -605,7 +613,7 @@ impl Starting {
                 // A thread that cannot receive has already stopped the VM;
                 // its vCPU comes back in the error and is dropped here.
                 let _ = thread.start.send((vcpu, go.clone()));
-                thread.handle
+                thread.pending.attach(thread.handle)
             })
             .collect()
     }
@@ -731,15 +739,12 @@ fn plan_disk(devices: &mut DeviceManager, index: usize, disk: Arc<Disk>) -> Resu
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then
-/// joins it.
-fn stop_threads(threads: Vec<JoinHandle<Option<Vcpu>>>) {
+/// joins it. A paused vCPU wakes when its handle's mailbox closes.
+fn stop_threads(handles: Vec<VcpuHandle>) {
     // One kick each is enough: the handler sets immediate_exit, so even a
-    // kick that arrives before KVM_RUN is entered makes it return.
-    for t in threads.iter().filter(|t| !t.is_finished()) {
-        if let Err(e) = t.kill(kick_signal()) {
-            log::debug!("kicking a vCPU thread failed: {e}");
-        }
-    }
+    // kick that arrives before KVM_RUN is entered makes it return. All are
+    // kicked before the first is joined.
+    let threads: Vec<_> = handles.into_iter().map(VcpuHandle::finish).collect();
     for t in threads {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");

@@ -1,6 +1,9 @@
 //! What to do about a vCPU exit: a free function from the exit to an
 //! [`Action`], with no knowledge of any device beyond the two buses.
 
+/// What KVM reports about a debug exit (re-exported for the fuzz target).
+pub use kvm_bindings::kvm_debug_exit_arch;
+
 use crate::bus::Bus;
 use crate::control::StopReason;
 
@@ -35,17 +38,21 @@ pub enum Exit<'a> {
     InternalError(u32),
     /// KVM_EXIT_SYSTEM_EVENT with its type.
     SystemEvent(u32),
-    /// KVM_RUN was interrupted by a signal (a kick from another thread).
-    Interrupted,
+    /// KVM_EXIT_DEBUG (a breakpoint, watchpoint or single step asked for
+    /// with KVM_SET_GUEST_DEBUG), with what KVM reports about it.
+    Debug(kvm_debug_exit_arch),
     /// Anything else, by name.
     Other(&'static str),
 }
 
 /// The outcome of handling one exit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Continue,
     Stop(StopReason),
+    /// A debug exit: the vCPU parks, paused, and reports it (see
+    /// [`super::handle::DebugStop`]).
+    DebugStop(kvm_debug_exit_arch),
 }
 
 /// How to treat a triple fault.
@@ -104,7 +111,7 @@ pub fn handle(exit: Exit, io: &Bus, mmio: &Bus, triple_fault: TripleFault) -> Ac
             }
             Action::Continue
         }
-        Exit::Interrupted => Action::Continue,
+        Exit::Debug(arch) => Action::DebugStop(arch),
         Exit::Hlt => Action::Stop(StopReason::Crash(
             "the guest halted and nothing can wake it (no in-kernel irqchip)".into(),
         )),
@@ -294,9 +301,21 @@ mod tests {
             handle(Exit::SystemEvent(1), &io, &mmio, TripleFault::Crash),
             Action::Stop(StopReason::PowerOff)
         );
+    }
+
+    #[test]
+    fn a_debug_exit_parks_the_vcpu_with_what_kvm_gave() {
+        let (io, mmio, _) = buses();
+        let arch = kvm_debug_exit_arch {
+            exception: 1,
+            pc: 0x10_0040,
+            dr6: 0xffff_4ff0,
+            dr7: 0x400,
+            ..Default::default()
+        };
         assert_eq!(
-            handle(Exit::Interrupted, &io, &mmio, TripleFault::Crash),
-            Action::Continue
+            handle(Exit::Debug(arch), &io, &mmio, TripleFault::Crash),
+            Action::DebugStop(arch)
         );
     }
 }

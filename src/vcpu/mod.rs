@@ -1,17 +1,25 @@
-//! A vCPU: its initial state and its run loop.
+//! A vCPU: its initial state, its run loop, and the commands its thread
+//! serves (see [`handle`]).
 
 pub mod exit;
+pub mod handle;
+pub mod state;
+pub mod translate;
 
 use std::cell::Cell;
 
 use kvm_bindings::{kvm_run, CpuId};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
 use crate::control::{StopReason, VmControl};
 use crate::trace::BootTrace;
 use exit::{Action, Exit, TripleFault};
+pub use handle::{kick_signal, pause_all, resume_all, CommandError, VcpuHandle};
+use handle::{Mailbox, Next, VcpuEvent, VcpuResponse};
+pub use state::VcpuState;
+use translate::{translate, RunInfo, Translated};
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +60,13 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
     coalesced: bool,
+    /// It has an in-kernel local APIC (see [`Vcpu::configure_lapic`]).
+    lapic: bool,
 }
 
-/// An exit whose data is still in the kvm_run mapping.
+/// An exit whose data is still in the kvm_run mapping, detached from the
+/// borrow of the vCPU fd so that the coalesced ring (read through the fd)
+/// can be drained before the exit is handled, in guest order.
 enum RawExit {
     IoIn {
         port: u16,
@@ -82,10 +94,44 @@ enum RawExit {
 }
 
 impl RawExit {
+    fn detach(exit: Exit<'_>) -> Self {
+        match exit {
+            Exit::IoIn { port, size, data } => RawExit::IoIn {
+                port,
+                size,
+                ptr: data.as_mut_ptr(),
+                len: data.len(),
+            },
+            Exit::IoOut { port, size, data } => RawExit::IoOut {
+                port,
+                size,
+                ptr: data.as_ptr(),
+                len: data.len(),
+            },
+            Exit::MmioRead { addr, data } => RawExit::MmioRead {
+                addr,
+                ptr: data.as_mut_ptr(),
+                len: data.len(),
+            },
+            Exit::MmioWrite { addr, data } => RawExit::MmioWrite {
+                addr,
+                ptr: data.as_ptr(),
+                len: data.len(),
+            },
+            Exit::Hlt => RawExit::Plain(Exit::Hlt),
+            Exit::Shutdown => RawExit::Plain(Exit::Shutdown),
+            Exit::FailEntry(r) => RawExit::Plain(Exit::FailEntry(r)),
+            Exit::InternalError(s) => RawExit::Plain(Exit::InternalError(s)),
+            Exit::SystemEvent(k) => RawExit::Plain(Exit::SystemEvent(k)),
+            Exit::Debug(a) => RawExit::Plain(Exit::Debug(a)),
+            Exit::Other(n) => RawExit::Plain(Exit::Other(n)),
+        }
+    }
+
     /// # Safety
     /// The pointers must still point at `len` valid bytes that nothing else
     /// refers to for the life of the returned exit.
-    unsafe fn into_exit<'a>(self) -> Exit<'a> {
+    unsafe fn attach<'a>(self) -> Exit<'a> {
         // SAFETY: guaranteed by the caller.
         unsafe {
             match self {
@@ -132,7 +178,12 @@ impl Vcpu {
             fd,
             id,
             coalesced: false,
+            lapic: false,
         })
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
     }
 
     fn setup<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Error> {
@@ -155,7 +206,7 @@ impl Vcpu {
 
     /// With the in-kernel irqchip: local APIC LINT0 in ExtINT mode and LINT1
     /// in NMI mode (the PC's virtual-wire setup), as firmware leaves them.
-    pub fn configure_lapic(&self) -> Result<(), Error> {
+    pub fn configure_lapic(&mut self) -> Result<(), Error> {
         const APIC_LVT0: usize = 0x350;
         const APIC_LVT1: usize = 0x360;
         const DELIVERY_EXTINT: u32 = 0x7 << 8;
@@ -168,7 +219,9 @@ impl Vcpu {
                 lapic.regs[reg + i] = *b as libc::c_char;
             }
         }
-        self.setup("local APIC", self.fd.set_lapic(&lapic))
+        self.setup("local APIC", self.fd.set_lapic(&lapic))?;
+        self.lapic = true;
+        Ok(())
     }
 
     /// Registers for the boot vCPU, which starts at the kernel's entry.
@@ -183,7 +236,9 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs until the VM stops, for whatever reason and from whichever thread.
+    /// Runs until the VM stops, for whatever reason and from whichever
+    /// thread, or until its handle is dropped; serves the commands that
+    /// come through `mailbox` (see [`handle`]).
     pub fn run(
         &mut self,
         io: &Bus,
@@ -191,9 +246,10 @@ impl Vcpu {
         control: &VmControl,
         triple_fault: TripleFault,
         trace: Option<&BootTrace>,
+        mailbox: &Mailbox,
     ) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run()));
-        self.run_loop(io, mmio, control, triple_fault, trace);
+        self.run_loop(io, mmio, control, triple_fault, trace, mailbox);
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     }
 
@@ -229,55 +285,29 @@ impl Vcpu {
         control: &VmControl,
         triple_fault: TripleFault,
         trace: Option<&BootTrace>,
+        mailbox: &Mailbox,
     ) {
+        // Commands sent before KVM_RUN was published to the kick handler
+        // (their kick found nothing to set) are served here.
+        if !self.serve_commands(mailbox, control, false) {
+            return;
+        }
         while !control.is_stopping() {
             let run_ptr: *const kvm_run = self.fd.get_kvm_run();
-            // The exit's data lives in the kvm_run mapping; it is kept as a
-            // raw pointer so that the coalesced ring (read through self.fd)
-            // can be drained before the exit is handled, in guest order.
-            let raw = match self.fd.run() {
-                Ok(VcpuExit::IoIn(port, data)) => RawExit::IoIn {
-                    port,
-                    // SAFETY: run_ptr is this vCPU's kvm_run mapping, which
-                    // lives as long as self.fd; KVM filled its io member for
-                    // this KVM_EXIT_IO exit, and only that member is read.
-                    size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
-                    ptr: data.as_mut_ptr(),
-                    len: data.len(),
-                },
-                Ok(VcpuExit::IoOut(port, data)) => RawExit::IoOut {
-                    port,
-                    // SAFETY: as above.
-                    size: usize::from(unsafe { (*run_ptr).__bindgen_anon_1.io.size }),
-                    ptr: data.as_ptr(),
-                    len: data.len(),
-                },
-                Ok(VcpuExit::MmioRead(addr, data)) => RawExit::MmioRead {
-                    addr,
-                    ptr: data.as_mut_ptr(),
-                    len: data.len(),
-                },
-                Ok(VcpuExit::MmioWrite(addr, data)) => RawExit::MmioWrite {
-                    addr,
-                    ptr: data.as_ptr(),
-                    len: data.len(),
-                },
-                Ok(VcpuExit::Hlt) => RawExit::Plain(Exit::Hlt),
-                Ok(VcpuExit::Shutdown) => RawExit::Plain(Exit::Shutdown),
-                Ok(VcpuExit::FailEntry(reason, _)) => RawExit::Plain(Exit::FailEntry(reason)),
-                Ok(VcpuExit::InternalError) => RawExit::Plain(Exit::InternalError(
-                    // SAFETY: as above, for the internal member of this exit.
-                    unsafe { (*run_ptr).__bindgen_anon_1.internal.suberror },
-                )),
-                Ok(VcpuExit::SystemEvent(kind, _)) => RawExit::Plain(Exit::SystemEvent(kind)),
-                Ok(VcpuExit::Intr) => RawExit::Plain(Exit::Interrupted),
-                Ok(other) => RawExit::Plain(Exit::Other(exit_name(&other))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    // A kick: let the next KVM_RUN run, unless stopping.
+            let result = self.fd.run();
+            // SAFETY: run_ptr is this vCPU's kvm_run mapping, which lives as
+            // long as self.fd; the members read lie apart from the exit's
+            // data that `result` refers to.
+            let info = unsafe { RunInfo::read(run_ptr) };
+            let raw = match translate(result, info) {
+                Translated::Exit(exit) => Some(RawExit::detach(exit)),
+                Translated::Kicked => {
+                    // Cleared before the mailbox is read: a kick that comes
+                    // after this sets it again, and its command is read.
                     self.fd.set_kvm_immediate_exit(0);
-                    RawExit::Plain(Exit::Interrupted)
+                    None
                 }
-                Err(e) => {
+                Translated::Fatal(e) => {
                     control.stop(StopReason::HostError(format!(
                         "vCPU {}: KVM_RUN failed: {e}",
                         self.id
@@ -289,12 +319,32 @@ impl Vcpu {
             if let Some(t) = trace {
                 t.guest_exit();
             }
+            let Some(raw) = raw else {
+                if !self.serve_commands(mailbox, control, false) {
+                    break;
+                }
+                continue;
+            };
             // SAFETY: the pointers come from this exit's data in the kvm_run
             // mapping, alive as long as self.fd and not touched by the ring
             // drain; nothing else refers to them until the next KVM_RUN.
-            let exit = unsafe { raw.into_exit() };
+            let exit = unsafe { raw.attach() };
             match exit::handle(exit, io, mmio, triple_fault) {
                 Action::Continue => {}
+                Action::DebugStop(arch) => {
+                    if !mailbox.report(arch) {
+                        control.stop(StopReason::Crash(format!(
+                            "debug exit (exception {}, pc {:#x}) on vCPU {} with no debugger \
+                             to report it to",
+                            arch.exception, arch.pc, self.id
+                        )));
+                        break;
+                    }
+                    // Parked, as after a Pause, until resumed.
+                    if !self.serve_commands(mailbox, control, true) {
+                        break;
+                    }
+                }
                 Action::Stop(StopReason::Crash(what)) => {
                     control.stop(StopReason::Crash(format!(
                         "{what} on vCPU {}\n{}\n  (on AMD hosts KVM resets a vCPU that shut down: \
@@ -312,6 +362,68 @@ impl Vcpu {
         }
         // Writes batched just before the end still reach their devices.
         self.drain_coalesced(io, mmio);
+    }
+
+    /// Serves the mailbox: the commands queued, and with `paused` (or once
+    /// a Pause comes) every command until a Resume. Returns false if the
+    /// vCPU must end: the VM is stopping or the handle is gone.
+    fn serve_commands(&mut self, mailbox: &Mailbox, control: &VmControl, mut paused: bool) -> bool {
+        loop {
+            let next = if paused {
+                mailbox.wait()
+            } else {
+                mailbox.poll()
+            };
+            match next {
+                Next::Command(request) => {
+                    let response = self.serve(&request.event, &mut paused);
+                    mailbox.reply(&request, response);
+                }
+                Next::Nothing if !paused => return !control.is_stopping(),
+                Next::Nothing => {}
+                Next::Closed => return false,
+            }
+            if control.is_stopping() {
+                return false;
+            }
+        }
+    }
+
+    /// One command, on this thread, out of KVM_RUN.
+    fn serve(&mut self, event: &VcpuEvent, paused: &mut bool) -> VcpuResponse {
+        match event {
+            VcpuEvent::Pause => {
+                if !*paused {
+                    *paused = true;
+                    // Tells a guest on kvmclock that it was paused, so that
+                    // its watchdogs do not count the pause as a lockup.
+                    // EINVAL if the guest does not use kvmclock: nothing
+                    // to tell.
+                    let _ = self.fd.kvmclock_ctrl();
+                }
+                VcpuResponse::Paused
+            }
+            VcpuEvent::Resume => {
+                *paused = false;
+                VcpuResponse::Resumed
+            }
+            VcpuEvent::GetState => match VcpuState::read(&self.fd, self.lapic) {
+                Ok(s) => VcpuResponse::State(Box::new(s)),
+                Err((what, e)) => VcpuResponse::Failed(what, e),
+            },
+            VcpuEvent::SetState(s) => match s.write(&self.fd) {
+                Ok(()) => VcpuResponse::Done,
+                Err((what, e)) => VcpuResponse::Failed(what, e),
+            },
+            VcpuEvent::SetGuestDebug(debug) => match self.fd.set_guest_debug(debug) {
+                Ok(()) => VcpuResponse::Done,
+                Err(e) => VcpuResponse::Failed("KVM_SET_GUEST_DEBUG", e),
+            },
+            VcpuEvent::Translate(gva) => match self.fd.translate_gva(*gva) {
+                Ok(t) => VcpuResponse::Translated((t.valid != 0).then_some(t.physical_address)),
+                Err(e) => VcpuResponse::Failed("KVM_TRANSLATE", e),
+            },
+        }
     }
 
     /// The vCPU's registers, for a crash report.
@@ -348,17 +460,11 @@ impl Vcpu {
     }
 }
 
-fn exit_name(exit: &VcpuExit) -> &'static str {
-    match exit {
-        VcpuExit::Unknown => "KVM_EXIT_UNKNOWN",
-        VcpuExit::Exception => "KVM_EXIT_EXCEPTION",
-        VcpuExit::Debug(_) => "KVM_EXIT_DEBUG",
-        VcpuExit::IrqWindowOpen => "KVM_EXIT_IRQ_WINDOW_OPEN",
-        VcpuExit::Nmi => "KVM_EXIT_NMI",
-        VcpuExit::X86Rdmsr(_) => "KVM_EXIT_X86_RDMSR",
-        VcpuExit::X86Wrmsr(_) => "KVM_EXIT_X86_WRMSR",
-        _ => "an unhandled KVM exit",
-    }
+/// Installs [`kick_handler`] for [`kick_signal`], process-wide. Without it
+/// a kick would end the process (the default action of a real-time
+/// signal); kvmini's run does this before any vCPU thread starts.
+pub fn install_kick_handler() -> Result<(), kvm_ioctls::Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
 }
 
 /// The CPUID KVM supports on this host, the base every vCPU adjusts.
