@@ -5,8 +5,8 @@
 //! The policy (which calls each thread may make, and why) is in
 //! `src/seccomp_policy.rs`. build.rs compiles it with seccompiler, shortens
 //! the programs (see `shorten` there) and writes them out as the statics
-//! below, as Firecracker embeds its filters: compiling them when kvmini
-//! starts cost ~40 µs of every VM's lifetime here. The tests compile the
+//! below, as Firecracker embeds its filters, so no VM pays for compiling
+//! them (the README's Benchmarks section has the figure). The tests compile the
 //! policy again and check that the embedded programs are the same.
 
 use seccompiler::sock_filter;

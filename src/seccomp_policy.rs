@@ -320,10 +320,8 @@ fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
 /// compare, two unconditional jumps and a return for either outcome. The
 /// kernel pays for every instruction when a filter is installed (it
 /// translates and JIT-compiles the program and runs it for every system
-/// call number to build its cache): ~0.5 µs each on this host. Installing
-/// the two filters took ~0.19 ms of every VM's lifetime (traced), and
-/// ~0.07 ms once shortened (then: vCPU 102 -> 28 instructions, console
-/// 170 -> 38).
+/// call number to build its cache), so a shorter program is a cheaper
+/// start for every VM (the README's Benchmarks section has the measured figures).
 ///
 /// This pass rewrites the program without changing what it returns for
 /// any input: every jump goes straight to where its chain of unconditional

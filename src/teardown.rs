@@ -2,7 +2,7 @@
 //!
 //! KVM destroys a VM when the last reference to it goes, and that waits
 //! for RCU/SRCU grace periods (for a VM with the in-kernel irqchip, tens of
-//! milliseconds on some hosts; see docs/benchmarks.md). kvmini's caller
+//! milliseconds on some hosts; see the README's Benchmarks section). kvmini's caller
 //! waits for nothing of that: a helper process, forked before the first VM
 //! exists, receives a duplicate of each VM's file descriptor and holds it.
 //! kvmini closes its own references (vCPUs, the VM) when the VM stops,

@@ -208,9 +208,9 @@ struct Shared {
     /// it, once its vCPUs run; then (and with --no-seccomp) none.
     console_filter: Option<&'static [sock_filter]>,
     trace: Option<Arc<BootTrace>>,
-    /// The host's CPUID as KVM supports it: asked for by the first boot
-    /// (~0.3 ms here: KVM runs CPUID for every leaf, and each CPUID traps
-    /// to the hypervisor below), kept for the reboots.
+    /// The host's CPUID as KVM supports it: asked for once, by the first
+    /// boot (KVM runs CPUID for every leaf, which is slow where CPUID
+    /// traps), kept for the reboots.
     cpuid: Option<CpuId>,
     /// The vCPU threads' seccomp filter (with --no-seccomp: none).
     vcpu_filter: Option<&'static [sock_filter]>,
@@ -388,14 +388,12 @@ impl Vmm {
 
         // The VM, its memory, then its vCPUs, one after the other on this
         // thread, while each vCPU's thread (started first) installs its
-        // seccomp filter and waits for its vCPU and the go from Vmm::run.
-        // Creating the vCPUs on their own threads, with the CPUID asked for
-        // on a third, saved this host ~0.07 ms of wall time per VM but cost
-        // ~0.4 ms of CPU time (two CPUs, three threads: migrations,
-        // wake-ups, and kernel workers waiting for a CPU).
+        // seccomp filter and waits for its vCPU and the go from Vmm::run:
+        // setup costs one thread's worth of CPU, and the filters' install
+        // overlaps it (the README's Benchmarks section has what other orders cost).
         // Without the irqchip KVM destroys a VM in well under a millisecond
         // here, less than the helper costs; with it, it waits for grace
-        // periods (docs/benchmarks.md), and the helper takes that wait.
+        // periods (see the README's Benchmarks section), and the helper takes that wait.
         if config.wants_irqchip() && shared.reaper.is_none() {
             shared.reaper = match Reaper::start() {
                 Ok(r) => Some(r),
@@ -418,7 +416,7 @@ impl Vmm {
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
         // Registering the batch zone makes KVM wait a normal SRCU grace
-        // period (~10 ms here) when the VM is destroyed, so it is done only
+        // period when the VM is destroyed, so it is done only
         // once the guest turns out to print a lot (see Console::run); the
         // vCPUs drain the ring anyway.
         let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
