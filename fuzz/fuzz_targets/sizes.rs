@@ -10,8 +10,9 @@
 //!    by B or iB) is N * 1024^k, and an error when that overflows u64 or N
 //!    is zero.
 //! 4. `parse_duration`: N, Ns, Nms, Nm, Nmin and Nh are exactly N seconds,
-//!    milliseconds, minutes and hours (N < 10^9); N.FFF s is within a
-//!    nanosecond of the exact value; surrounding whitespace is ignored.
+//!    milliseconds, minutes and hours (N < 10^9), up to 100 years, and
+//!    "too long" beyond; N.FFF s is within a nanosecond of the exact value;
+//!    surrounding whitespace is ignored.
 //! 5. `parse_serial` accepts exactly stdio, null, pty, file=PATH and
 //!    socket=PATH with a nonempty PATH, and keeps PATH as given.
 
@@ -149,8 +150,14 @@ fn check_duration_round_trip(input: &Input) {
         }
     };
     let text = format!("{n}{unit}");
+    // cli.rs caps durations at 100 years (365-day years).
+    let max = Duration::from_secs(100 * 365 * 86400);
     match parse_duration(&text) {
-        Ok(d) => assert_eq!(d, want, "{text:?}"),
+        Ok(d) => {
+            assert_eq!(d, want, "{text:?}");
+            assert!(d <= max, "{text:?} accepted beyond 100 years");
+        }
+        Err(e) if want > max => assert!(e.contains("too long"), "{text:?}: {e}"),
         Err(e) => assert_eq!(n, 0, "{text:?} rejected: {e}"),
     }
 }
