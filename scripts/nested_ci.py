@@ -34,7 +34,7 @@ Environment:
                         worst case, every check waiting out its own timeout,
                         while a wedged outer kernel is caught by the heartbeat
                         in 45 s).
-  NESTED_CI_ATTEMPTS    outer VM boots per group (default 8; 6 for the bench
+  NESTED_CI_ATTEMPTS    outer VM boots per group (default 12; 6 for the bench
                         group): QEMU's TCG emulation of nested SVM wedges the
                         outer VM now and then (3 to 6 times in one run on a
                         loaded host, 2026-12-01), and each fresh boot runs only
@@ -191,7 +191,7 @@ class Settings:
             # each running only the checks that got no result. Measured: about
             # one wedge in 10 to 15 inner Linux boots, so a full run (some 17
             # boots and the integration tests) meets one or two.
-            outer_attempts=env_int("NESTED_CI_ATTEMPTS", 8),
+            outer_attempts=env_int("NESTED_CI_ATTEMPTS", 12),
             # The bench group boots Linux 22 times or more in one outer VM,
             # so a wedge is likely there (1 to 4 in each of three runs here,
             # about one in 10 to 15 inner boots), but costs little: the bench
