@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// The machine's reset line, between two boots of a guest rebooted in
+    /// place: the device returns to the state it was created in (its host
+    /// resources, such as files and eventfds, stay).
+    fn reset(&mut self) {}
 }
 
 /// A device shared between the bus and whoever else needs it (the console
@@ -91,6 +95,16 @@ impl Bus {
         }
     }
 
+    /// Resets every device on the bus (see [`BusDevice::reset`]).
+    pub fn reset(&self) {
+        for r in &self.ranges {
+            r.device
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reset();
+        }
+    }
+
     /// Writes `data`; returns false when no device claims the access.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
@@ -123,6 +137,21 @@ mod tests {
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.writes.push((offset, data.to_vec()));
         }
+        fn reset(&mut self) {
+            self.writes.clear();
+        }
+    }
+
+    #[test]
+    fn reset_reaches_every_device() {
+        let mut bus = Bus::new();
+        let (a, b) = (probe(), probe());
+        bus.insert(a.clone(), 0x10, 4).unwrap();
+        bus.insert(b.clone(), 0x20, 4).unwrap();
+        assert!(bus.write(0x10, b"a") && bus.write(0x20, b"b"));
+        bus.reset();
+        assert!(a.lock().unwrap().writes.is_empty());
+        assert!(b.lock().unwrap().writes.is_empty());
     }
 
     fn probe() -> Arc<Mutex<Probe>> {

@@ -76,6 +76,16 @@ impl VmControl {
             .clone()
     }
 
+    /// Makes a stopped VM runnable again, for a reboot in place: the
+    /// reason is cleared and the eventfd drained. Only while no vCPU runs
+    /// (every one parked after the stop), so no stop is lost.
+    pub fn restart(&self) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        // EAGAIN if the counter was already zero: nothing to drain.
+        let _ = self.evt.read();
+        self.stopping.store(false, Ordering::Release);
+    }
+
     /// Readable once the VM is stopping.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
@@ -85,6 +95,18 @@ impl VmControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_clears_the_stop() {
+        let c = VmControl::new().unwrap();
+        c.stop(StopReason::Reset);
+        c.restart();
+        assert!(!c.is_stopping());
+        assert_eq!(c.reason(), None);
+        assert!(c.eventfd().read().is_err(), "the eventfd is drained");
+        c.stop(StopReason::PowerOff);
+        assert_eq!(c.reason(), Some(StopReason::PowerOff));
+    }
 
     #[test]
     fn first_reason_wins() {

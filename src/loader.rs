@@ -224,29 +224,79 @@ fn elf_load_end<F: Read + Seek>(image: &mut F) -> Option<u64> {
     Some(end)
 }
 
+/// The kernel and initramfs files, opened once by [`preflight`] and kept
+/// open for the VM's life, so that a guest rebooted in place is loaded
+/// again from the same files without opening anything.
+pub struct BootFiles {
+    kernel: Option<(PathBuf, File)>,
+    initramfs: Option<(PathBuf, File)>,
+}
+
 /// What can be checked of the kernel and the initramfs before guest memory
 /// or KVM exists: that they are readable files and that the kernel looks
-/// like one kvmini boots. [`load_kernel`] and [`load_initramfs`] check the
-/// rest.
-pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<(), Error> {
-    if let KernelSource::File(p) = kernel {
-        if p.is_dir() {
-            return Err(Error::Directory(p.clone()));
+/// like one kvmini boots; returns them open. [`BootFiles::load_kernel`] and
+/// [`BootFiles::load_initramfs`] check the rest.
+pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<BootFiles, Error> {
+    let kernel = match kernel {
+        KernelSource::Embedded => None,
+        KernelSource::File(p) => {
+            if p.is_dir() {
+                return Err(Error::Directory(p.clone()));
+            }
+            let mut f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
+            let mut head = Vec::with_capacity(0x210);
+            (&mut f)
+                .take(0x210)
+                .read_to_end(&mut head)
+                .map_err(|e| Error::Read(p.clone(), e))?;
+            detect(p, &head)?;
+            Some((p.clone(), f))
         }
-        let f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
-        let mut head = Vec::with_capacity(0x210);
-        f.take(0x210)
-            .read_to_end(&mut head)
-            .map_err(|e| Error::Read(p.clone(), e))?;
-        detect(p, &head)?;
-    }
-    if let Some(p) = initramfs {
-        if p.is_dir() {
-            return Err(Error::InitramfsDirectory(p.into()));
+    };
+    let initramfs = match initramfs {
+        None => None,
+        Some(p) => {
+            if p.is_dir() {
+                return Err(Error::InitramfsDirectory(p.into()));
+            }
+            let f = File::open(p).map_err(|e| Error::InitramfsRead(p.into(), e))?;
+            Some((p.to_path_buf(), f))
         }
-        File::open(p).map_err(|e| Error::InitramfsRead(p.into(), e))?;
+    };
+    Ok(BootFiles { kernel, initramfs })
+}
+
+impl BootFiles {
+    /// Loads the kernel (the tiny guest if none was given) into guest
+    /// memory, from the start of its file.
+    pub fn load_kernel(&mut self, mem: &GuestMemoryMmap) -> Result<LoadedKernel, Error> {
+        match &mut self.kernel {
+            None => load_kernel(mem, &KernelSource::Embedded),
+            Some((path, f)) => {
+                f.seek(SeekFrom::Start(0))
+                    .map_err(|e| Error::Read(path.clone(), e))?;
+                load_image(mem, path, f)
+            }
+        }
     }
-    Ok(())
+
+    /// Copies the initramfs, if there is one, into guest memory above
+    /// `kernel`; returns its address and size.
+    pub fn load_initramfs(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        kernel: &LoadedKernel,
+    ) -> Result<Option<(u64, u64)>, Error> {
+        let Some((path, f)) = &mut self.initramfs else {
+            return Ok(None);
+        };
+        // Its size is where its end is now (lseek: nothing to stat).
+        let size = f
+            .seek(SeekFrom::End(0))
+            .and_then(|size| f.seek(SeekFrom::Start(0)).map(|_| size))
+            .map_err(|e| Error::InitramfsRead(path.clone(), e))?;
+        copy_initramfs(mem, path, f, size, kernel).map(Some)
+    }
 }
 
 /// Loads the kernel into guest memory.
@@ -272,20 +322,15 @@ pub fn initramfs_address(size: u64, kernel_end: u64, mem_end: u64, limit: u64) -
     (addr >= kernel_end.max(HIMEM_START)).then_some(addr)
 }
 
-/// Copies the initramfs into guest memory; returns its address and size.
-pub fn load_initramfs(
+/// Copies the `size` bytes of initramfs `f` into guest memory; returns
+/// its address and size.
+fn copy_initramfs(
     mem: &GuestMemoryMmap,
     path: &Path,
+    f: &mut File,
+    size: u64,
     kernel: &LoadedKernel,
 ) -> Result<(u64, u64), Error> {
-    if path.is_dir() {
-        return Err(Error::InitramfsDirectory(path.into()));
-    }
-    let mut f = File::open(path).map_err(|e| Error::InitramfsRead(path.into(), e))?;
-    let size = f
-        .metadata()
-        .map_err(|e| Error::InitramfsRead(path.into(), e))?
-        .len();
     // A bzImage says how high its initramfs may go; 64-bit ELF kernels
     // take any address below 4 GiB.
     let limit = kernel
@@ -305,7 +350,7 @@ pub fn load_initramfs(
         size,
         limit: mem_end,
     })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, len)
+    mem.read_exact_volatile_from(GuestAddress(addr), f, len)
         .map_err(|e| Error::InitramfsCopy(path.into(), e))?;
     Ok((addr, size))
 }

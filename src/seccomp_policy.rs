@@ -12,8 +12,9 @@
 //!   for the handle's commands (src/vcpu/handle.rs): KVM_SET_REGS,
 //!   KVM_SET_SREGS, KVM_GET_FPU, KVM_SET_FPU, KVM_GET_DEBUGREGS,
 //!   KVM_SET_DEBUGREGS, KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_MSRS,
-//!   KVM_SET_MSRS, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS (GetState and
-//!   SetState), KVM_SET_GUEST_DEBUG (SetGuestDebug), KVM_TRANSLATE
+//!   KVM_SET_MSRS, KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_VCPU_EVENTS,
+//!   KVM_SET_VCPU_EVENTS (GetState and SetState, and a vCPU's reset to its
+//!   first state when the guest reboots in place), KVM_SET_GUEST_DEBUG (SetGuestDebug), KVM_TRANSLATE
 //!   (Translate) and KVM_KVMCLOCK_CTRL (Pause tells a kvmclock guest)
 //! - write (irqfd and wake-up eventfds; log lines on stderr)
 //! - futex (locks shared with the console thread; the handle's channels,
@@ -31,17 +32,17 @@
 //! - ioctl, only TCGETS, TCSETS, TCSETSW, TCSETSF and TIOCGWINSZ
 //!   (isatty, restoring the terminal), FIONBIO and FIOCLEX (socket
 //!   clients) and KVM_REGISTER_COALESCED_MMIO (batching COM1's writes);
-//!   with `--on-reboot restart` any
-//!   (the KVM calls of rebuilding the VM)
+//!   with `--on-reboot restart` also KVM_SET_IRQCHIP and KVM_SET_PIT2
+//!   (resetting the interrupt controllers and the PIT between boots)
 //! - tgkill (kicking vCPU threads), clock_nanosleep, nanosleep, sched_yield
 //! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
 //!   rt_sigprocmask, sigaltstack, clock_gettime, gettid, getpid,
 //!   restart_syscall, exit, exit_group (std, allocation, leaving)
 //! - unlink, unlinkat (removing the serial socket at exit)
-//! - with `--on-reboot restart` also what rebuilding the VM needs: openat,
-//!   newfstatat, fstat, statx, lseek, eventfd2, clone, clone3, mprotect,
-//!   set_robust_list, rseq, prctl, seccomp, sched_getaffinity, getrandom,
-//!   sendmsg (handing the new VM to the teardown helper).
+//! - with `--on-reboot restart` also lseek (reading the kernel and the
+//!   initramfs again from the files kept open; madvise, already allowed,
+//!   gives guest memory back as zeros). A reboot in place keeps the VM,
+//!   its memory, its devices and every thread, so nothing is created.
 //!
 //! Device worker threads (a virtio-blk disk's):
 //! - poll, ppoll, read, write (eventfds: stop, wake-up, queue notification,
@@ -83,6 +84,8 @@ pub const KVM_GET_FPU: u64 = kvm_ioc(IOC_READ, 0x8c, 416); // kvm_fpu
 pub const KVM_SET_FPU: u64 = kvm_ioc(IOC_WRITE, 0x8d, 416); // kvm_fpu
 pub const KVM_GET_LAPIC: u64 = kvm_ioc(IOC_READ, 0x8e, 1024); // kvm_lapic_state
 pub const KVM_SET_LAPIC: u64 = kvm_ioc(IOC_WRITE, 0x8f, 1024); // kvm_lapic_state
+pub const KVM_GET_MP_STATE: u64 = kvm_ioc(IOC_READ, 0x98, 4); // kvm_mp_state
+pub const KVM_SET_MP_STATE: u64 = kvm_ioc(IOC_WRITE, 0x99, 4); // kvm_mp_state
 pub const KVM_SET_GUEST_DEBUG: u64 = kvm_ioc(IOC_WRITE, 0x9b, 72); // kvm_guest_debug
 pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ioc(IOC_READ, 0x9f, 64); // kvm_vcpu_events
 pub const KVM_SET_VCPU_EVENTS: u64 = kvm_ioc(IOC_WRITE, 0xa0, 64); // kvm_vcpu_events
@@ -104,6 +107,8 @@ pub const VCPU_IOCTLS: &[u64] = &[
     KVM_SET_FPU,
     KVM_GET_LAPIC,
     KVM_SET_LAPIC,
+    KVM_GET_MP_STATE,
+    KVM_SET_MP_STATE,
     KVM_SET_GUEST_DEBUG,
     KVM_GET_VCPU_EVENTS,
     KVM_SET_VCPU_EVENTS,
@@ -167,24 +172,14 @@ const CONSOLE_CALLS: &[i64] = &[
     libc::SYS_unlinkat,
 ];
 
-const RESTART_CALLS: &[i64] = &[
-    libc::SYS_openat,
-    libc::SYS_newfstatat,
-    libc::SYS_fstat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    libc::SYS_eventfd2,
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_mprotect,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_prctl,
-    libc::SYS_seccomp,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_getrandom,
-    libc::SYS_sendmsg,
-];
+const RESTART_CALLS: &[i64] = &[libc::SYS_lseek];
+
+/// KVM_SET_IRQCHIP (_IOR in the kernel's header, though it writes) and
+/// KVM_SET_PIT2: the VM's reset between two boots.
+pub const KVM_SET_IRQCHIP: u64 = kvm_ioc(IOC_READ, 0x63, 520); // kvm_irqchip
+pub const KVM_SET_PIT2: u64 = kvm_ioc(IOC_WRITE, 0xa0, 112); // kvm_pit_state2
+/// The ioctl requests the main thread adds with `--on-reboot restart`.
+pub const RESTART_IOCTLS: &[u64] = &[KVM_SET_IRQCHIP, KVM_SET_PIT2];
 
 const WORKER_CALLS: &[i64] = &[
     libc::SYS_poll,
@@ -439,7 +434,7 @@ pub const KVM_REGISTER_COALESCED_MMIO: u64 = 0x4010_ae67;
 /// variants), the window size a logger may ask for, making an accepted
 /// socket client non-blocking (FIONBIO) and close-on-exec (FIOCLEX), and
 /// batching COM1's writes once a guest without interrupts prints a lot.
-const CONSOLE_IOCTLS: &[u64] = &[
+pub const CONSOLE_IOCTLS: &[u64] = &[
     KVM_REGISTER_COALESCED_MMIO,
     libc::FIONBIO,
     libc::FIOCLEX,
@@ -453,20 +448,23 @@ const CONSOLE_IOCTLS: &[u64] = &[
 /// What the console (main) thread may call; with `restart`, also what
 /// rebuilding the VM in place needs (then any ioctl: the KVM setup calls).
 pub fn console_rules(restart: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
-    let extra: &[i64] = if restart { RESTART_CALLS } else { &[] };
+    let (extra, extra_ioctls): (&[i64], &[u64]) = if restart {
+        (RESTART_CALLS, RESTART_IOCTLS)
+    } else {
+        (&[], &[])
+    };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = CONSOLE_CALLS
         .iter()
         .chain(extra)
         .map(|&c| (c, vec![]))
         .collect();
-    if !restart {
-        rules.insert(
-            libc::SYS_ioctl,
-            CONSOLE_IOCTLS
-                .iter()
-                .map(|&r| ioctl_rule(r))
-                .collect::<Result<_, _>>()?,
-        );
-    }
+    rules.insert(
+        libc::SYS_ioctl,
+        CONSOLE_IOCTLS
+            .iter()
+            .chain(extra_ioctls)
+            .map(|&r| ioctl_rule(r))
+            .collect::<Result<_, _>>()?,
+    );
     Ok(rules)
 }

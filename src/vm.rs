@@ -1,7 +1,10 @@
 //! The VM file descriptor: memory slots, the in-kernel irqchip and PIT,
 //! and irqfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -29,11 +32,21 @@ pub enum Error {
     Ioeventfd(#[source] kvm_ioctls::Error),
     #[error("cannot connect IRQ {1} to its eventfd")]
     Irqfd(#[source] kvm_ioctls::Error, u32),
+    #[error("cannot {0} the state of the in-kernel interrupt controllers and PIT")]
+    ChipState(&'static str, #[source] kvm_ioctls::Error),
+}
+
+/// The in-kernel PICs, IOAPIC and PIT as they were created.
+struct ChipState {
+    chips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
 }
 
 pub struct Vm {
     fd: VmFd,
     irqchip: bool,
+    /// What [`Vm::reset`] restores (see [`Vm::save_reset_state`]).
+    reset_state: Option<ChipState>,
 }
 
 impl Vm {
@@ -45,7 +58,11 @@ impl Vm {
     pub fn new(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<Self, Error> {
         let fd = kvm.create_vm().map_err(Error::Create)?;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(Error::Tss)?;
-        let vm = Self { fd, irqchip };
+        let vm = Self {
+            fd,
+            irqchip,
+            reset_state: None,
+        };
         vm.add_memory(mem)?;
         if irqchip {
             vm.fd.create_irq_chip().map_err(Error::Irqchip)?;
@@ -56,6 +73,54 @@ impl Vm {
             vm.fd.create_pit2(pit).map_err(Error::Pit)?;
         }
         Ok(vm)
+    }
+
+    /// Keeps the in-kernel interrupt controllers' and PIT's state as it is
+    /// now, right after their creation, for [`Vm::reset`] (nothing to keep
+    /// without the irqchip).
+    pub fn save_reset_state(&mut self) -> Result<(), Error> {
+        if !self.irqchip {
+            return Ok(());
+        }
+        let mut chips = Vec::new();
+        for id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(|e| Error::ChipState("read", e))?;
+            chips.push(chip);
+        }
+        let pit = self
+            .fd
+            .get_pit2()
+            .map_err(|e| Error::ChipState("read", e))?;
+        self.reset_state = Some(ChipState { chips, pit });
+        Ok(())
+    }
+
+    /// The machine's reset line for the interrupt controllers and the PIT:
+    /// back to the state [`Vm::save_reset_state`] kept, so that no
+    /// interrupt, mask or timer of one boot reaches the next. Only while
+    /// every vCPU is out of KVM_RUN.
+    pub fn reset(&self) -> Result<(), Error> {
+        let Some(state) = &self.reset_state else {
+            return Ok(());
+        };
+        for chip in &state.chips {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| Error::ChipState("restore", e))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(|e| Error::ChipState("restore", e))
     }
 
     /// Gives the guest `mem` as its physical memory, one slot per region.

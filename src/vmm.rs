@@ -3,7 +3,7 @@
 //! report how the VM ends through [`VmControl`].
 
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -202,33 +202,19 @@ pub struct Outcome {
     pub boot_trace: Option<String>,
 }
 
-/// What every boot of one run shares besides the console.
+/// What the run's stages share besides the console.
 struct Shared {
     /// The console thread's seccomp filter until the first boot installs
     /// it, once its vCPUs run; then (and with --no-seccomp) none.
     console_filter: Option<&'static [sock_filter]>,
     trace: Option<Arc<BootTrace>>,
-    /// The host's CPUID as KVM supports it: asked for once, by the first
-    /// boot (KVM runs CPUID for every leaf, which is slow where CPUID
-    /// traps), kept for the reboots.
-    cpuid: Option<CpuId>,
     /// The vCPU threads' seccomp filter (with --no-seccomp: none).
     vcpu_filter: Option<&'static [sock_filter]>,
     /// The device worker threads' filter (with --no-seccomp: none).
     worker_filter: Option<&'static [sock_filter]>,
-    /// The helper that destroys each VM after kvmini has reported; made
-    /// before the first VM (and before any thread), kept for the reboots.
+    /// The helper that destroys the VM after kvmini has reported; made
+    /// before the VM (and before any thread).
     reaper: Option<Reaper>,
-}
-
-impl Shared {
-    fn cpuid(&mut self, kvm: &Kvm) -> Result<&CpuId, Error> {
-        let cpuid = match self.cpuid.take() {
-            Some(c) => c,
-            None => vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?,
-        };
-        Ok(self.cpuid.insert(cpuid))
-    }
 }
 
 /// Runs the VM described by `config` until it ends, rebooting it in place
@@ -239,7 +225,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     // contradicting flags, unreadable or foreign kernels, patterns, the
     // console's files and sockets (status 2 whatever KVM would say).
     config.check()?;
-    loader::preflight(&config.kernel, config.initramfs.as_deref())?;
+    let mut files = loader::preflight(&config.kernel, config.initramfs.as_deref())?;
     let disks = open_disks(config)?;
     let signals = console::signal_fd().map_err(Error::Console)?;
     register_signal_handler(kick_signal(), vcpu::kick_handler)
@@ -278,17 +264,23 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let mut shared = Shared {
         console_filter: config.seccomp.then(|| seccomp::console_filter(restart)),
         trace,
-        cpuid: None,
         vcpu_filter: config.seccomp.then(seccomp::vcpu_filter),
         worker_filter: config
             .seccomp
             .then(|| seccomp::filter(seccomp::ThreadKind::Worker)),
         reaper: None,
     };
+    let mut vmm = Vmm::build(
+        &kvm,
+        config,
+        console.ports.len(),
+        &disks,
+        &mut files,
+        &mut shared,
+    )?;
     loop {
-        let vmm = Vmm::build(&kvm, config, console.ports.len(), &disks, &mut shared)?;
         let reason = vmm.run(&mut console, &mut loop_state, &mut shared);
-        let reason = match (console.verdict(), reason) {
+        let mut reason = match (console.verdict(), reason) {
             // --fail-on / --until saw output the guest printed before it
             // stopped: that decides, whatever the guest did next.
             (Some(verdict), _) => verdict,
@@ -304,8 +296,14 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             if let Some(t) = &shared.trace {
                 t.rebooted();
             }
-            continue;
+            match vmm.reset(config, &mut files) {
+                Ok(()) => continue,
+                Err(e) => {
+                    reason = StopReason::HostError(format!("cannot reboot the guest in place: {e}"))
+                }
+            }
         }
+        vmm.finish();
         return Ok(Outcome {
             reason,
             boot_trace: shared.trace.map(|t| t.render()),
@@ -313,17 +311,35 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     }
 }
 
+/// One VM for the whole run: a guest that reboots in place with
+/// `--on-reboot restart` gets the same VM, memory, devices and threads
+/// back, reset ([`Vmm::reset`]).
 struct Vmm {
     // Drop order: vCPUs and the VM before the memory they map.
-    vcpus: Starting,
+    vcpus: Vcpus,
     vm: Arc<Vm>,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
     control: Arc<VmControl>,
     devices: DeviceManager,
+    /// The buses, referenced here until the vCPUs are joined: their
+    /// devices must be dropped on this thread, whose filter allows closing
+    /// their descriptors (a vCPU's does not).
+    io: Arc<Bus>,
+    mmio: Arc<Bus>,
     wiring: Vec<Wiring>,
     trace: Option<Arc<BootTrace>>,
     /// COM1 writes may be batched in the kernel once output is heavy.
     coalesce: bool,
+    /// COM1's writes are batched already (a zone is registered once per VM).
+    coalescing: std::cell::Cell<bool>,
+    /// Where the first boot entered the kernel: a reboot loads the same.
+    entry: (regs::Entry, u64),
+}
+
+/// The vCPU threads: waiting for their first go, then running or parked.
+enum Vcpus {
+    Starting(Starting),
+    Started(Vec<VcpuThread>),
 }
 
 impl Vmm {
@@ -332,6 +348,7 @@ impl Vmm {
         config: &VmConfig,
         ports: usize,
         disks: &[Arc<Disk>],
+        files: &mut loader::BootFiles,
         shared: &mut Shared,
     ) -> Result<Self, Error> {
         // 1. The device plan: every device with its bus range and its
@@ -349,36 +366,7 @@ impl Vmm {
         // of it needs a VM, so bad input is caught before KVM is asked for
         // anything.
         let mem = memory::create(config.memory).map_err(Error::Memory)?;
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        let initramfs = config
-            .initramfs
-            .as_ref()
-            .map(|p| loader::load_initramfs(&mem, p, &kernel))
-            .transpose()?;
-        let cmdline = devices.cmdline(config.effective_cmdline());
-        let cmdline_size = write_cmdline(&mem, &cmdline, &kernel)?;
-        let cr3 = paging::setup(&mem).map_err(Error::BootMemory)?;
-        regs::write_gdt(&mem).map_err(Error::BootMemory)?;
-        let rsdp = acpi::write_tables(&mem, config.cpus, devices.dsdt())?;
-        let e820 = memory::e820_map(config.memory);
-        let entry = match config.boot {
-            BootProtocol::Linux64 => {
-                let params = boot_params::linux_boot_params(&boot_params::LinuxBoot {
-                    header: kernel.setup_header,
-                    e820: &e820,
-                    cmdline_size,
-                    initramfs,
-                    rsdp: Some(rsdp),
-                })?;
-                boot_params::write_linux(&mem, &params)?;
-                regs::Entry::Linux64(kernel.entry64)
-            }
-            BootProtocol::Pvh => {
-                let entry = pvh_entry(config, &kernel)?;
-                let start_info = boot_params::write_pvh(&mem, &e820, initramfs, Some(rsdp))?;
-                regs::Entry::Pvh { entry, start_info }
-            }
-        };
+        let entry = load_guest(config, &mem, &devices, files)?;
 
         let triple_fault = if config.triple_fault_reboots() {
             TripleFault::Reset
@@ -398,7 +386,7 @@ impl Vmm {
         // QEMU's emulated nested SVM (scripts/nested-ci) a VM destroyed
         // while the next one starts appears to wedge the outer VM.
         let sync = std::env::var_os("KVMINI_TEARDOWN").is_some_and(|v| v == "sync");
-        if config.wants_irqchip() && !sync && shared.reaper.is_none() {
+        if config.wants_irqchip() && !sync {
             shared.reaper = match Reaper::start() {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -409,13 +397,19 @@ impl Vmm {
         }
         // 4. The VM: memory, then the irqchip; then the devices'
         // interrupts, 5. the vCPUs.
-        let vm = Arc::new(Vm::new(kvm, &mem, config.wants_irqchip())?);
+        let mut vm = Vm::new(kvm, &mem, config.wants_irqchip())?;
+        let restart = config.on_reboot == RebootPolicy::Restart;
+        if restart {
+            vm.save_reset_state()?;
+        }
+        let vm = Arc::new(vm);
         if let Some(r) = &shared.reaper {
             if let Err(e) = r.hand_over(vm.fd().as_raw_fd()) {
                 log::debug!("the VM is destroyed on kvmini's own path: {e}");
             }
         }
         devices.attach(&vm, &mem)?;
+        let (io, mmio) = devices.buses();
         // Without interrupts nothing waits for a THR write to take effect
         // at once (no THR-empty interrupt), so COM1's transmit register can
         // be batched in the kernel: a byte then costs no exit to userspace.
@@ -428,33 +422,40 @@ impl Vmm {
         for id in 0..config.cpus {
             vcpus.spawn(id, shared.vcpu_filter, triple_fault, control.clone())?;
         }
-        let cpuid = shared.cpuid(kvm)?;
+        let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
         for id in 0..config.cpus {
             let setup = VcpuSetup {
                 id,
                 cpus: config.cpus,
                 irqchip: config.wants_irqchip(),
                 coalesce,
-                boot: (id == 0).then_some((entry, cr3)),
+                boot: (id == 0).then_some(entry),
+                keep_reset_state: restart,
             };
-            vcpus.add(create_vcpu(&setup, &vm, cpuid)?);
+            vcpus.add(create_vcpu(&setup, &vm, &cpuid)?);
         }
 
         Ok(Self {
-            vcpus,
+            vcpus: Vcpus::Starting(vcpus),
             vm,
-            _mem: mem,
+            mem,
             control,
             devices,
+            io,
+            mmio,
             wiring,
             trace: shared.trace.clone(),
             coalesce,
+            coalescing: std::cell::Cell::new(false),
+            entry,
         })
     }
 
-    /// Runs the vCPUs until the VM stops; stops and joins every vCPU thread.
+    /// Runs the vCPUs until the VM stops, then parks every vCPU thread out
+    /// of the guest (see [`Vmm::finish`] and [`Vmm::reset`] for what comes
+    /// next).
     fn run(
-        mut self,
+        &mut self,
         console: &mut Console,
         loop_state: &mut LoopState,
         shared: &mut Shared,
@@ -462,23 +463,32 @@ impl Vmm {
         if let Some(t) = &self.trace {
             t.mark("VM ready");
         }
-        // The buses stay referenced here until the vCPUs are joined: their
-        // devices must be dropped on this thread, whose filter allows
-        // closing their descriptors (a vCPU's does not).
-        let (io, mmio) = self.devices.buses();
-        let threads = self.vcpus.go(&Go {
-            io: io.clone(),
-            mmio: mmio.clone(),
-            trace: self.trace.clone(),
-        });
+        match &mut self.vcpus {
+            Vcpus::Starting(starting) => {
+                let threads = starting.go(&Go {
+                    io: self.io.clone(),
+                    mmio: self.mmio.clone(),
+                    trace: self.trace.clone(),
+                });
+                self.vcpus = Vcpus::Started(threads);
+            }
+            Vcpus::Started(threads) => {
+                for t in threads.iter() {
+                    let _ = t.start.send(Start::Run);
+                }
+            }
+        }
         if let Some(f) = shared.console_filter.take() {
             if let Err(e) = seccomp::install(f) {
                 self.control
                     .stop(StopReason::HostError(format!("console thread: {e}")));
             }
         }
-        let vm = &self.vm;
+        let (vm, coalescing) = (&self.vm, &self.coalescing);
         let batch_com1 = || {
+            if coalescing.replace(true) {
+                return;
+            }
             if let Err(e) = vm.coalesce_port_writes(COM1_PORT) {
                 log::debug!("COM1 writes stay unbatched: {e}");
             }
@@ -504,9 +514,9 @@ impl Vmm {
         for w in &self.wiring {
             w.queue.close();
         }
-        stop_threads(threads);
-        self.devices.stop_workers();
-        drop((io, mmio));
+        if let Vcpus::Started(threads) = &self.vcpus {
+            park(threads);
+        }
         console.finish(&self.control, &self.wiring);
         if let Some(t) = &self.trace {
             t.mark("VM stopped");
@@ -515,6 +525,93 @@ impl Vmm {
             .reason()
             .unwrap_or_else(|| StopReason::HostError("the VM stopped without a reason".into()))
     }
+
+    /// The machine's reset, between two boots of a guest rebooted in place
+    /// (every vCPU parked): devices, memory (zeros again), the kernel, the
+    /// initramfs and the boot data loaded again from the files kept open,
+    /// the interrupt controllers and PIT, and each vCPU, back as they were
+    /// before the first boot. Nothing is created: no VM, vCPU, thread, file
+    /// or eventfd, which is what keeps the restart filter small.
+    fn reset(&mut self, config: &VmConfig, files: &mut loader::BootFiles) -> Result<(), String> {
+        self.io.reset();
+        self.mmio.reset();
+        memory::zero(&self.mem).map_err(|e| format!("cannot clear guest memory: {e}"))?;
+        let entry =
+            load_guest(config, &self.mem, &self.devices, files).map_err(|e| e.to_string())?;
+        if entry != self.entry {
+            return Err("the kernel's entry point changed since the first boot".into());
+        }
+        self.vm.reset().map_err(|e| e.to_string())?;
+        let Vcpus::Started(threads) = &self.vcpus else {
+            return Err("the vCPUs never ran".into());
+        };
+        for t in threads {
+            let _ = t.start.send(Start::Reset);
+        }
+        // Every vCPU answers, even after the first failure: none may still
+        // be resetting when the next boot starts.
+        let answers: Vec<_> = threads.iter().map(|t| t.parked.recv()).collect();
+        for answer in answers {
+            match answer {
+                Ok(r) => r?,
+                Err(_) => return Err("a vCPU thread has ended".into()),
+            }
+        }
+        for w in &self.wiring {
+            w.queue.reopen();
+        }
+        self.control.restart();
+        Ok(())
+    }
+
+    /// Ends the VM: every vCPU thread and device worker is stopped and
+    /// joined.
+    fn finish(mut self) {
+        if let Vcpus::Started(threads) = std::mem::replace(&mut self.vcpus, Vcpus::Started(vec![]))
+        {
+            stop_threads(threads);
+        }
+        self.devices.stop_workers();
+    }
+}
+
+/// Loads the kernel, the initramfs and the boot data (command line with
+/// the devices' fragments, page tables, GDT, ACPI tables with their DSDT
+/// nodes, boot_params or the PVH start info) into `mem`; returns where the
+/// boot vCPU enters and its page tables.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    devices: &DeviceManager,
+    files: &mut loader::BootFiles,
+) -> Result<(regs::Entry, u64), Error> {
+    let kernel = files.load_kernel(mem)?;
+    let initramfs = files.load_initramfs(mem, &kernel)?;
+    let cmdline = devices.cmdline(config.effective_cmdline());
+    let cmdline_size = write_cmdline(mem, &cmdline, &kernel)?;
+    let cr3 = paging::setup(mem).map_err(Error::BootMemory)?;
+    regs::write_gdt(mem).map_err(Error::BootMemory)?;
+    let rsdp = acpi::write_tables(mem, config.cpus, devices.dsdt())?;
+    let e820 = memory::e820_map(config.memory);
+    let entry = match config.boot {
+        BootProtocol::Linux64 => {
+            let params = boot_params::linux_boot_params(&boot_params::LinuxBoot {
+                header: kernel.setup_header,
+                e820: &e820,
+                cmdline_size,
+                initramfs,
+                rsdp: Some(rsdp),
+            })?;
+            boot_params::write_linux(mem, &params)?;
+            regs::Entry::Linux64(kernel.entry64)
+        }
+        BootProtocol::Pvh => {
+            let entry = pvh_entry(config, &kernel)?;
+            let start_info = boot_params::write_pvh(mem, &e820, initramfs, Some(rsdp))?;
+            regs::Entry::Pvh { entry, start_info }
+        }
+    };
+    Ok((entry, cr3))
 }
 
 /// How one vCPU is set up.
@@ -525,6 +622,8 @@ struct VcpuSetup {
     coalesce: bool,
     /// Entry point and page tables, for the boot vCPU only.
     boot: Option<(regs::Entry, u64)>,
+    /// Keep its configured state, for reboots in place.
+    keep_reset_state: bool,
 }
 
 /// What a configured vCPU thread waits for before it enters the guest:
@@ -536,12 +635,37 @@ struct Go {
     trace: Option<Arc<BootTrace>>,
 }
 
+/// What a vCPU thread is told while it is out of the guest.
+enum Start {
+    /// The first boot: its vCPU and the buses.
+    First(Vcpu, Go),
+    /// Reset the vCPU to its first state (a reboot in place), then answer.
+    Reset,
+    /// Enter the guest again.
+    Run,
+}
+
+/// What a vCPU thread says when it has left the guest (Ok) or when it has
+/// reset its vCPU (the reset's result).
+type Parked = Result<(), String>;
+
 /// A vCPU thread that waits for its vCPU and the go.
 struct Waiting {
     handle: JoinHandle<Option<Vcpu>>,
-    start: Sender<(Vcpu, Go)>,
+    start: Sender<Start>,
+    parked: Receiver<Parked>,
     /// Its handle, attached to the thread with the go.
     pending: PendingHandle,
+}
+
+/// A vCPU thread once it has had its go: its handle, and the channels by
+/// which it is parked out of the guest between two boots.
+struct VcpuThread {
+    // Declared first, dropped first: a parked thread waits on it, and the
+    // handle's drop joins the thread.
+    start: Sender<Start>,
+    parked: Receiver<Parked>,
+    handle: VcpuHandle,
 }
 
 /// vCPU threads from their start until Vmm::run lets them into the guest.
@@ -556,7 +680,9 @@ struct Starting {
 impl Starting {
     /// Starts the thread of vCPU `id`. It installs its seccomp filter and
     /// waits for its vCPU and the [`Go`]; then it runs the vCPU, serving
-    /// its handle's commands, until the VM stops and returns it (its fd
+    /// its handle's commands, until the VM stops. Then it parks, out of the
+    /// guest, until it is told to reset its vCPU or to run it again, or
+    /// until its start channel closes: then it returns the vCPU (its fd
     /// closes when the caller drops it).
     fn spawn(
         &mut self,
@@ -565,7 +691,8 @@ impl Starting {
         triple_fault: TripleFault,
         control: Arc<VmControl>,
     ) -> Result<(), Error> {
-        let (go_tx, go_rx) = mpsc::channel::<(Vcpu, Go)>();
+        let (start, start_rx) = mpsc::channel::<Start>();
+        let (parked_tx, parked) = mpsc::channel::<Parked>();
         // No debugger yet: a debug exit (which nothing can ask for) would
         // stop the VM.
         let (pending, mailbox) = vcpu::handle::channel(id, None);
@@ -579,21 +706,39 @@ impl Starting {
                     }
                 }
                 // No go: the setup failed elsewhere and the VM never runs.
-                let (mut vcpu, go) = go_rx.recv().ok()?;
-                vcpu.run(
-                    &go.io,
-                    &go.mmio,
-                    &control,
-                    triple_fault,
-                    go.trace.as_deref(),
-                    &mailbox,
-                );
-                Some(vcpu)
+                let Ok(Start::First(mut vcpu, go)) = start_rx.recv() else {
+                    return None;
+                };
+                loop {
+                    vcpu.run(
+                        &go.io,
+                        &go.mmio,
+                        &control,
+                        triple_fault,
+                        go.trace.as_deref(),
+                        &mailbox,
+                    );
+                    if parked_tx.send(Ok(())).is_err() {
+                        return Some(vcpu);
+                    }
+                    loop {
+                        match start_rx.recv() {
+                            Ok(Start::Reset) => {
+                                if parked_tx.send(vcpu.reset()).is_err() {
+                                    return Some(vcpu);
+                                }
+                            }
+                            Ok(Start::Run) => break,
+                            Ok(Start::First(..)) | Err(_) => return Some(vcpu),
+                        }
+                    }
+                }
             })
             .map_err(Error::Thread)?;
         self.threads.push(Waiting {
             handle,
-            start: go_tx,
+            start,
+            parked,
             pending,
         });
         Ok(())
@@ -604,9 +749,8 @@ impl Starting {
         self.vcpus.push(vcpu);
     }
 
-    /// Hands every vCPU to its thread and lets it into the guest; returns
-    /// the threads' handles.
-    fn go(&mut self, go: &Go) -> Vec<VcpuHandle> {
+    /// Hands every vCPU to its thread and lets it into the guest.
+    fn go(&mut self, go: &Go) -> Vec<VcpuThread> {
         let vcpus = std::mem::take(&mut self.vcpus);
         self.threads
             .drain(..)
@@ -614,8 +758,12 @@ impl Starting {
             .map(|(thread, vcpu)| {
                 // A thread that cannot receive has already stopped the VM;
                 // its vCPU comes back in the error and is dropped here.
-                let _ = thread.start.send((vcpu, go.clone()));
-                thread.pending.attach(thread.handle)
+                let _ = thread.start.send(Start::First(vcpu, go.clone()));
+                VcpuThread {
+                    handle: thread.pending.attach(thread.handle),
+                    start: thread.start,
+                    parked: thread.parked,
+                }
             })
             .collect()
     }
@@ -643,6 +791,9 @@ fn create_vcpu(setup: &VcpuSetup, vm: &Vm, cpuid: &CpuId) -> Result<Vcpu, Error>
     }
     if let Some((entry, cr3)) = setup.boot {
         vcpu.configure_boot(entry, cr3)?;
+    }
+    if setup.keep_reset_state {
+        vcpu.save_reset_state()?;
     }
     Ok(vcpu)
 }
@@ -740,15 +891,34 @@ fn plan_disk(devices: &mut DeviceManager, index: usize, disk: Arc<Disk>) -> Resu
     Ok(())
 }
 
-/// Kicks every vCPU thread out of KVM_RUN until it notices the stop, then
-/// joins it. A paused vCPU wakes when its handle's mailbox closes.
-fn stop_threads(handles: Vec<VcpuHandle>) {
-    // One kick each is enough: the handler sets immediate_exit, so even a
-    // kick that arrives before KVM_RUN is entered makes it return. All are
-    // kicked before the first is joined.
-    let threads: Vec<_> = handles.into_iter().map(VcpuHandle::finish).collect();
+/// Kicks every vCPU thread out of KVM_RUN until it notices the stop, and
+/// waits until each has left the guest (or ended). One kick each is
+/// enough: the handler sets immediate_exit, so even a kick that arrives
+/// before KVM_RUN is entered makes it return. All are kicked before the
+/// first is waited for.
+fn park(threads: &[VcpuThread]) {
     for t in threads {
-        if t.join().is_err() {
+        t.handle.kick();
+    }
+    for t in threads {
+        // An error: the thread has ended, which is out of the guest too.
+        let _ = t.parked.recv();
+    }
+}
+
+/// Ends every vCPU thread and joins it: its start channel closes (a parked
+/// thread returns), and a thread still running or paused is kicked and
+/// sees its mailbox closed.
+fn stop_threads(threads: Vec<VcpuThread>) {
+    let joins: Vec<_> = threads
+        .into_iter()
+        .map(|t| {
+            drop(t.start);
+            t.handle.finish()
+        })
+        .collect();
+    for j in joins {
+        if j.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
     }

@@ -19,6 +19,10 @@
 //!   pagetable   zero the live PML4, then keep executing: triple fault
 //!   com2        "kvmini tiny guest: COM2\n" on COM2, "com2 done\n" on COM1, exit 0
 //!   reboot      "rebooting\n", then reset through the i8042 (`out 0x64, 0xfe`)
+//!   fresh       checks that this boot starts as a first one does (RAM at 0x80000
+//!               zero, IA32_SYSENTER_CS 0, COM1's scratch register 0), marks all
+//!               three, then "fresh boot\n" and resets like `reboot`; a mark
+//!               left by an earlier boot: "stale <what>\n", exit 3
 //!   poweroff    "powering off\n", then ACPI S5: SLP_TYP=5|SLP_EN to PM1a_CNT (0x604)
 //!   panic       prints Linux's panic banner, then resets like Linux with panic=-1
 //!   post        writes POST codes 0x01, 0x02, 0x03 to port 0x80, exit 0
@@ -65,6 +69,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Com2 => com2(),
         Mode::Chaos(seed) => chaos::run(seed, args.ops),
         Mode::Reboot => reboot(b"rebooting\n"),
+        Mode::Fresh => fresh(),
         Mode::PowerOff => poweroff(),
         Mode::Panic => reboot(b"Kernel panic - not syncing: tiny guest asked for it\n"),
         Mode::Post => post(),
@@ -167,6 +172,55 @@ fn reboot(msg: &[u8]) -> ! {
     io::puts(COM1, msg);
     io::outb(0x64, 0xfe);
     io::halt_forever()
+}
+
+/// See `fresh` in the mode list: what a reboot in place must reset.
+fn fresh() -> ! {
+    const MARK_ADDR: u64 = 0x8_0000;
+    const MARK: u64 = 0x6b76_6d69_6e69_2121;
+    const SYSENTER_CS: u32 = 0x174;
+    const SCRATCH: u16 = 7;
+    let mark = MARK_ADDR as *mut u64;
+    // SAFETY: 0x80000 is guest RAM that kvmini leaves unused (below the
+    // EBDA, above the command line), identity-mapped by its page tables.
+    let stale_memory = unsafe { core::ptr::read_volatile(mark) } != 0;
+    let stale_msr = rdmsr(SYSENTER_CS) != 0;
+    let stale_uart = io::inb(COM1 + SCRATCH) != 0;
+    for (stale, what) in [
+        (stale_memory, &b"memory"[..]),
+        (stale_msr, b"msr"),
+        (stale_uart, b"uart"),
+    ] {
+        if stale {
+            io::puts(COM1, b"stale ");
+            io::puts(COM1, what);
+            io::puts(COM1, b"\n");
+            io::exit(3);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(mark, MARK) };
+    wrmsr(SYSENTER_CS, 0x10);
+    io::outb(COM1 + SCRATCH, 0x5a);
+    reboot(b"fresh boot\n")
+}
+
+fn rdmsr(index: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads an architectural MSR at CPL 0; touches no memory.
+    unsafe {
+        asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi,
+             options(nomem, nostack, preserves_flags))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+fn wrmsr(index: u32, value: u64) {
+    // SAFETY: writes an architectural MSR at CPL 0; touches no memory.
+    unsafe {
+        asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// ACPI poweroff the way Linux does it with kvmini's FADT: SLP_TYP of \_S5

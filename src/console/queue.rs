@@ -84,6 +84,12 @@ impl OutQueue {
         self.drained.notify_all();
     }
 
+    /// Undoes [`close`](Self::close), for the next boot of a guest
+    /// rebooted in place (its vCPUs are parked until then).
+    pub fn reopen(&self) {
+        self.closed.store(false, Ordering::Release);
+    }
+
     /// Readable when output is waiting.
     pub fn eventfd(&self) -> &EventFd {
         &self.wake

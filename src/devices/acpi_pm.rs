@@ -35,6 +35,10 @@ impl AcpiPm {
 }
 
 impl BusDevice for AcpiPm {
+    fn reset(&mut self) {
+        *self = Self::new(self.control.clone());
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             *b = self.regs.get(offset as usize + i).copied().unwrap_or(0);

@@ -81,6 +81,10 @@ impl I8042 {
 }
 
 impl BusDevice for I8042 {
+    fn reset(&mut self) {
+        *self = Self::new(self.control.clone());
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match (offset, data.len()) {
             (DATA, 1) => self.output.take().unwrap_or(0),

@@ -96,7 +96,51 @@ impl BusDevice for SerialDevice {
             }
         }
     }
+
+    /// Back to the registers the UART is created with, through its own
+    /// register interface (vm-superio has no reset): line control 8N1 with
+    /// the default divisor, interrupts off, OUT2 on, loopback off, the
+    /// input FIFO emptied and the pending interrupt read away. Output
+    /// already written stays written.
+    fn reset(&mut self) {
+        let mut set = |reg: u8, value: u8| {
+            let _ = self.uart.write(reg, value);
+        };
+        set(LCR, LCR_8N1);
+        set(MCR, MCR_OUT2);
+        set(IER, 0);
+        set(LCR, LCR_8N1 | LCR_DLAB);
+        set(DATA, DEFAULT_DIVISOR_LOW);
+        set(IER, 0);
+        set(LCR, LCR_8N1);
+        set(SCR, 0);
+        // The FIFO holds at most 64 bytes; the bound only guards the loop.
+        for _ in 0..=64 {
+            if self.uart.read(LSR) & LSR_DATA_READY == 0 {
+                break;
+            }
+            self.uart.read(DATA);
+        }
+        self.uart.read(IIR);
+        self.write_failed = false;
+    }
 }
+
+// Register offsets, and the values of a UART at reset (16550 and
+// vm-superio alike).
+const DATA: u8 = 0;
+const IER: u8 = 1;
+const IIR: u8 = 2;
+const LCR: u8 = 3;
+const MCR: u8 = 4;
+const LSR: u8 = 5;
+const SCR: u8 = 7;
+const LCR_8N1: u8 = 0x03;
+const LCR_DLAB: u8 = 0x80;
+const MCR_OUT2: u8 = 0x08;
+const LSR_DATA_READY: u8 = 0x01;
+/// vm-superio's default divisor (9600 baud).
+const DEFAULT_DIVISOR_LOW: u8 = 0x0c;
 
 #[cfg(test)]
 mod tests {
@@ -174,5 +218,27 @@ mod tests {
         let (mut d, _, irq, _) = device();
         d.write(1, &[0x02]); // IER: THR empty
         assert!(irq.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn reset_gives_back_the_state_of_a_new_uart() {
+        let (mut d, cap, irq, _) = device();
+        let fresh = d.uart.state();
+        d.write(3, &[0x80]); // DLAB
+        d.write(0, &[0x01]); // divisor 115200
+        d.write(3, &[0x1b]); // 8E1
+        d.write(1, &[0x0f]); // every interrupt
+        d.write(4, &[0x10]); // loopback
+        d.write(7, &[0x5a]);
+        d.write(4, &[0x08]);
+        d.enqueue(b"typed before the reboot");
+        d.write(0, b"x");
+        assert_ne!(d.uart.state(), fresh);
+        d.reset();
+        assert_eq!(d.uart.state(), fresh);
+        assert_eq!(&*cap.0.lock().unwrap(), b"x", "output written stays");
+        let _ = irq.read();
+        d.write(0, b"y");
+        assert!(irq.read().is_err(), "no interrupt enabled after the reset");
     }
 }

@@ -62,7 +62,23 @@ pub struct Vcpu {
     coalesced: bool,
     /// It has an in-kernel local APIC (see [`Vcpu::configure_lapic`]).
     lapic: bool,
+    /// Its state before it first ran, for a reboot in place (see
+    /// [`Vcpu::save_reset_state`]).
+    reset_state: Option<Box<VcpuState>>,
 }
+
+/// The paravirtual MSRs by which a Linux guest gives KVM guest addresses
+/// to write to (kvmclock, async page faults, steal time, PV EOI). Zeroing
+/// them at a reboot in place turns that off: a guest that crashed without
+/// turning them off would otherwise have KVM keep writing into what is
+/// by then the next boot's memory.
+const PV_MSRS: &[u32] = &[
+    0x12,        // MSR_KVM_SYSTEM_TIME
+    0x4b56_4d01, // MSR_KVM_SYSTEM_TIME_NEW
+    0x4b56_4d02, // MSR_KVM_ASYNC_PF_EN
+    0x4b56_4d03, // MSR_KVM_STEAL_TIME
+    0x4b56_4d04, // MSR_KVM_PV_EOI_EN
+];
 
 /// An exit whose data is still in the kvm_run mapping, detached from the
 /// borrow of the vCPU fd so that the coalesced ring (read through the fd)
@@ -179,6 +195,7 @@ impl Vcpu {
             id,
             coalesced: false,
             lapic: false,
+            reset_state: None,
         })
     }
 
@@ -233,6 +250,48 @@ impl Vcpu {
         )?;
         self.setup("registers", self.fd.set_regs(&regs::regs(entry)))?;
         self.setup("FPU", self.fd.set_fpu(&regs::fpu()))?;
+        Ok(())
+    }
+
+    /// Keeps the vCPU's state as it is now, configured and not yet run, for
+    /// [`Vcpu::reset`].
+    pub fn save_reset_state(&mut self) -> Result<(), Error> {
+        let state =
+            VcpuState::read(&self.fd, self.lapic).map_err(|(what, source)| Error::Setup {
+                id: self.id,
+                what,
+                source,
+            })?;
+        self.reset_state = Some(Box::new(state));
+        Ok(())
+    }
+
+    /// The reset line, for a guest rebooted in place: the vCPU gets back
+    /// the state [`Vcpu::save_reset_state`] kept (registers, MSRs, local
+    /// APIC, run state, pending events) and the paravirtual MSRs are
+    /// zeroed. On the vCPU's own thread, out of KVM_RUN.
+    pub fn reset(&mut self) -> Result<(), String> {
+        let Some(state) = &self.reset_state else {
+            return Err(format!("vCPU {}: no state to reset to", self.id));
+        };
+        state
+            .write(&self.fd)
+            .map_err(|(what, e)| format!("vCPU {}: {what} failed at reset: {e}", self.id))?;
+        let zeros: Vec<_> = PV_MSRS
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        // KVM stops at the first MSR it does not know (a host without the
+        // PV feature): the ones it knows are the ones a guest could use.
+        if let Ok(msrs) = kvm_bindings::Msrs::from_entries(&zeros) {
+            match self.fd.set_msrs(&msrs) {
+                Ok(n) if n == zeros.len() => {}
+                r => log::debug!("vCPU {}: PV MSRs zeroed: {r:?} of {}", self.id, zeros.len()),
+            }
+        }
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 //! snapshots.
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    Msrs,
+    kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, Msrs,
 };
 use kvm_ioctls::VcpuFd;
 
@@ -37,6 +37,8 @@ pub struct VcpuState {
     pub lapic: Option<kvm_lapic_state>,
     /// [`STATE_MSRS`], in that order.
     pub msrs: Vec<kvm_msr_entry>,
+    /// Running, halted, or (an AP before its SIPI) waiting for INIT.
+    pub mp_state: kvm_mp_state,
     /// Pending exceptions, interrupts, NMIs and SMIs.
     pub events: kvm_vcpu_events,
 }
@@ -79,12 +81,15 @@ impl VcpuState {
                 None
             },
             msrs: msrs.as_slice().to_vec(),
+            mp_state: at("KVM_GET_MP_STATE", fd.get_mp_state())?,
             events: at("KVM_GET_VCPU_EVENTS", fd.get_vcpu_events())?,
         })
     }
 
     /// Writes this state into `fd`: special registers first (the APIC base
-    /// and the mode the others are read in), pending events last.
+    /// and the mode the others are read in), then the rest, the local APIC
+    /// before the run state (KVM checks an AP's state against its APIC),
+    /// pending events last.
     pub fn write(&self, fd: &VcpuFd) -> Result<(), Failure> {
         at("KVM_SET_SREGS", fd.set_sregs(&self.sregs))?;
         at("KVM_SET_REGS", fd.set_regs(&self.regs))?;
@@ -99,6 +104,7 @@ impl VcpuState {
         if let Some(lapic) = &self.lapic {
             at("KVM_SET_LAPIC", fd.set_lapic(lapic))?;
         }
+        at("KVM_SET_MP_STATE", fd.set_mp_state(self.mp_state))?;
         at("KVM_SET_VCPU_EVENTS", fd.set_vcpu_events(&self.events))
     }
 }

@@ -134,8 +134,14 @@ unsafe impl ByteValued for RequestHeader {}
 /// What the worker is told by the transport (through the device).
 enum Command {
     Activate(Queue, Interrupt),
-    Reset,
+    /// Drop the queue, then answer: after the answer the worker touches
+    /// guest memory no more until the next activation.
+    Reset(Sender<()>),
 }
+
+/// How long a reset waits for the worker to finish the request it is
+/// serving (a slow image, a stalled network filesystem) before it goes on.
+const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The device half that the transport owns (on the vCPUs' side).
 pub struct Block {
@@ -214,8 +220,13 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        let _ = self.commands.send(Command::Reset);
-        let _ = self.wake.write(1);
+        let (done, answer) = mpsc::channel();
+        if self.commands.send(Command::Reset(done)).is_ok() {
+            let _ = self.wake.write(1);
+            if answer.recv_timeout(RESET_WAIT).is_err() {
+                log::warn!("virtio-blk: the worker did not stop within {RESET_WAIT:?} of a reset");
+            }
+        }
     }
 }
 
@@ -248,7 +259,10 @@ impl BlockWorker {
                 while let Ok(c) = self.commands.try_recv() {
                     active = match c {
                         Command::Activate(q, irq) => Some((q, irq)),
-                        Command::Reset => None,
+                        Command::Reset(done) => {
+                            let _ = done.send(());
+                            None
+                        }
                     };
                 }
             }

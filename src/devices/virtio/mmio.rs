@@ -192,7 +192,7 @@ impl MmioTransport {
 
     fn set_status(&mut self, value: u32) {
         if value == 0 {
-            self.reset();
+            self.reset_device();
             return;
         }
         // The driver may only add bits (except by resetting).
@@ -246,7 +246,9 @@ impl MmioTransport {
             .activate(queues, self.driver_features, self.interrupt.clone())
     }
 
-    fn reset(&mut self) {
+    /// The device reset the driver asks for by writing 0 to Status, and
+    /// the machine's reset line.
+    fn reset_device(&mut self) {
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.device.reset();
         }
@@ -290,6 +292,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         self.write_register(offset as u32, u32::from_le_bytes(bytes));
+    }
+
+    fn reset(&mut self) {
+        self.reset_device();
     }
 }
 
