@@ -3,9 +3,8 @@
 //! whole process with SIGSYS. `--no-seccomp` turns them off.
 //!
 //! The policy (which calls each thread may make, and why) is in
-//! `src/seccomp_policy.rs`. build.rs compiles it with seccompiler, shortens
-//! the programs (see `shorten` there) and writes them out as the statics
-//! below, as Firecracker embeds its filters, so no VM pays for compiling
+//! `src/seccomp_policy.rs`. build.rs compiles it with seccompiler and
+//! writes the programs out as the statics below, as Firecracker embeds its filters, so no VM pays for compiling
 //! them (the README's Benchmarks section has the figure). The tests compile the
 //! policy again and check that the embedded programs are the same.
 
@@ -164,25 +163,6 @@ mod tests {
         0xae9a,      // KVM_NMI
     ];
 
-    fn same_verdicts(a: &[sock_filter], b: &[sock_filter]) {
-        let requests: Vec<u64> = VCPU_IOCTLS.iter().chain(NOT_FOR_VCPUS).copied().collect();
-        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, 0] {
-            for nr in (0..600).chain([0x4000_0000, 0x4000_0001, u32::MAX]) {
-                for &request in &requests {
-                    for high in [0, 1 << 32] {
-                        let args = [3, request | high, 0, 0, 0, 0];
-                        assert_eq!(
-                            eval(a, arch, nr, args),
-                            eval(b, arch, nr, args),
-                            "arch {arch:#x} nr {nr} request {:#x}",
-                            request | high
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     #[test]
     fn ioctl_numbers_are_kvms() {
         // _IOW(KVMIO, 0x67, struct kvm_coalesced_mmio_zone)
@@ -272,27 +252,6 @@ mod tests {
     }
 
     #[test]
-    fn shortened_filters_decide_as_seccompilers_own() {
-        for rules in ThreadKind::ALL.map(|k| k.rules().unwrap()) {
-            let long = seccompiler_program(rules).unwrap();
-            let short = shorten(long.clone());
-            same_verdicts(&long, &short);
-            // One compare per allowed call, plus the arch check, the
-            // argument checks and the two returns.
-            assert!(
-                short.len() * 2 < long.len(),
-                "{} -> {}",
-                long.len(),
-                short.len()
-            );
-        }
-        // The vCPU filter: 16 calls, 20 ioctl requests; shortened, so one
-        // compare each plus the arch check, one argument load and the
-        // returns.
-        assert!(vcpu_filter().len() <= 44, "{}", vcpu_filter().len());
-    }
-
-    #[test]
     fn verdicts_are_the_ones_meant() {
         let vcpu = vcpu_filter();
         let (allow, kill) = (0x7fff_0000, 0x8000_0000);
@@ -346,52 +305,6 @@ mod tests {
         ] {
             assert_eq!(call(nr, [0; 6]), kill, "{nr}");
         }
-    }
-
-    #[test]
-    fn only_loads_of_what_every_path_holds_are_dropped() {
-        let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
-        let (allow, kill) = (0x7fff_0000, 0x8000_0000);
-        // A load reached with the accumulator holding another word on one
-        // path (pc 3: nr from pc 1, arch from pc 2) must stay; one reached
-        // only with the same word (pc 5) goes.
-        let program = vec![
-            insn(0x20, 0, 0, 0),     // 0: ld [nr]
-            insn(0x15, 0, 1, 1),     // 1: jeq 1 ? 2 : 3
-            insn(0x20, 0, 0, 4),     // 2: ld [arch]
-            insn(0x20, 0, 0, 4),     // 3: ld [arch]
-            insn(0x15, 0, 3, 7),     // 4: jeq 7 ? 5 : kill
-            insn(0x20, 0, 0, 4),     // 5: ld [arch] (holds it already)
-            insn(0x15, 0, 1, 7),     // 6: jeq 7 ? allow : kill
-            insn(0x06, 0, 0, allow), // 7
-            insn(0x06, 0, 0, kill),  // 8
-        ];
-        let short = shorten(program.clone());
-        assert_eq!(short.len(), program.len() - 1, "{short:?}");
-        for arch in [7, 8] {
-            for nr in [0, 1, 7] {
-                let verdict = eval(&program, arch, nr, [0; 6]);
-                assert_eq!(eval(&short, arch, nr, [0; 6]), verdict, "{arch} {nr}");
-                assert_eq!(verdict, if arch == 7 { allow } else { kill });
-            }
-        }
-    }
-
-    #[test]
-    fn a_program_it_cannot_shorten_comes_back_unchanged() {
-        // 300 calls: the jump from the first compare to the shared return
-        // would need an offset over 255.
-        let rules = (0..300).map(|c| (c, vec![])).collect();
-        let long = seccompiler_program(rules).unwrap();
-        assert_eq!(shorten(long.clone()), long);
-        // A jump out of the program.
-        let broken = vec![sock_filter {
-            code: 0x05,
-            jt: 0,
-            jf: 0,
-            k: 7,
-        }];
-        assert_eq!(shorten(broken.clone()), broken);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! kvmini's seccomp policy: which system calls each kind of thread may
-//! make once setup is done, compiled with seccompiler and then shortened
-//! ([`shorten`]). build.rs compiles it into the programs kvmini embeds (see
+//! make once setup is done, compiled with seccompiler. build.rs compiles it
+//! into the programs kvmini embeds (see
 //! src/seccomp.rs); src/seccomp.rs's tests compile it again and check that
 //! the embedded programs are the same.
 //!
@@ -56,8 +56,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    sock_filter, BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp,
-    SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// `_IOC(dir, KVMIO, nr, size)` (asm-generic/ioctl.h); build.rs has no
@@ -240,9 +240,9 @@ impl ThreadKind {
         }
     }
 
-    /// The (shortened) program for a thread of this kind.
+    /// The program for a thread of this kind, as seccompiler compiles it.
     pub fn program(self) -> Result<BpfProgram, BackendError> {
-        Ok(shorten(seccompiler_program(self.rules()?)?))
+        seccompiler_program(self.rules()?)
     }
 }
 
@@ -257,153 +257,6 @@ pub fn seccompiler_program(
         TargetArch::x86_64,
     )?
     .try_into()
-}
-
-// Classic BPF opcodes (linux/bpf_common.h) that `shorten` looks at.
-const BPF_CLASS_MASK: u16 = 0x07;
-const BPF_OP_MASK: u16 = 0xf0;
-const BPF_JMP: u16 = 0x05;
-const BPF_RET: u16 = 0x06;
-const BPF_JA: u16 = 0x00;
-/// `ld [k]`: BPF_LD | BPF_W | BPF_ABS, a word of the seccomp_data.
-const BPF_LD_W_ABS: u16 = 0x20;
-
-/// For each instruction, the word of the input the accumulator holds on
-/// every path there (`Some(k)`: loaded from offset k, nothing changed it
-/// since); None where that is not known. Jumps only go forward, so one
-/// pass in order sees every predecessor first.
-fn loaded_words(program: &[sock_filter]) -> Vec<Option<u32>> {
-    let n = program.len();
-    // None: no path reaches it (yet).
-    let mut at: Vec<Option<Option<u32>>> = vec![None; n];
-    if n > 0 {
-        at[0] = Some(None);
-    }
-    for pc in 0..n {
-        let Some(acc) = at[pc] else { continue };
-        let insn = &program[pc];
-        let out = match insn.code & BPF_CLASS_MASK {
-            _ if insn.code == BPF_LD_W_ABS => Some(insn.k),
-            BPF_JMP => acc,
-            _ => None,
-        };
-        for next in successors(program, pc).into_iter().filter(|&t| t < n) {
-            at[next] = Some(match at[next] {
-                None => out,
-                Some(seen) if seen == out => out,
-                Some(_) => None,
-            });
-        }
-    }
-    at.into_iter().map(Option::flatten).collect()
-}
-
-/// Where control can go from instruction `pc` (no check that it exists).
-fn successors(program: &[sock_filter], pc: usize) -> Vec<usize> {
-    let insn = &program[pc];
-    match insn.code & BPF_CLASS_MASK {
-        BPF_RET => vec![],
-        BPF_JMP if insn.code & BPF_OP_MASK == BPF_JA => vec![pc + 1 + insn.k as usize],
-        BPF_JMP => vec![pc + 1 + usize::from(insn.jt), pc + 1 + usize::from(insn.jf)],
-        _ => vec![pc + 1],
-    }
-}
-
-/// The same filter in fewer instructions.
-///
-/// seccompiler compiles each allowed call into five instructions: a
-/// compare, two unconditional jumps and a return for either outcome. The
-/// kernel pays for every instruction when a filter is installed (it
-/// translates and JIT-compiles the program and runs it for every system
-/// call number to build its cache), so a shorter program is a cheaper
-/// start for every VM (the README's Benchmarks section has the measured figures).
-///
-/// This pass rewrites the program without changing what it returns for
-/// any input: every jump goes straight to where its chain of unconditional
-/// jumps and of loads of what the accumulator already holds ends (each
-/// argument rule reloads the argument it compares), every jump to a return
-/// goes to the program's last identical return (jumps only go forward, so
-/// that one is always ahead), and the instructions no path reaches any
-/// more are dropped. An allowed call or ioctl request is then one compare
-/// (vCPU 177 -> 41 instructions, console 170 -> 38). If a jump would end
-/// up too far for its 8-bit offset, or the program is not the kind
-/// expected, it is returned unchanged.
-pub fn shorten(program: BpfProgram) -> BpfProgram {
-    let n = program.len();
-    let is_ja =
-        |i: &sock_filter| i.code & BPF_CLASS_MASK == BPF_JMP && i.code & BPF_OP_MASK == BPF_JA;
-    let is_ret = |i: &sock_filter| i.code & BPF_CLASS_MASK == BPF_RET;
-    let loaded = loaded_words(&program);
-    // A load of the word the accumulator holds on every path to it: a
-    // jump to it may go to the next instruction instead.
-    let reloads = |t: usize| program[t].code == BPF_LD_W_ABS && loaded[t] == Some(program[t].k);
-    // Where a jump to `t` ends up; None if that leaves the program.
-    let resolve = |mut t: usize| -> Option<usize> {
-        let mut hops = 0;
-        while t < n && hops <= n {
-            if is_ja(&program[t]) {
-                t = t + 1 + program[t].k as usize;
-            } else if reloads(t) {
-                t += 1;
-            } else {
-                break;
-            }
-            hops += 1;
-        }
-        let target = program.get(t)?;
-        if is_ret(target) {
-            (t..n)
-                .rev()
-                .find(|&u| program[u].code == target.code && program[u].k == target.k)
-        } else {
-            Some(t)
-        }
-    };
-    let mut targets = Vec::with_capacity(n);
-    for pc in 0..n {
-        let insn = &program[pc];
-        let next = successors(&program, pc);
-        let resolved: Option<Vec<usize>> = if insn.code & BPF_CLASS_MASK == BPF_JMP {
-            next.into_iter().map(resolve).collect()
-        } else {
-            Some(next)
-        };
-        match resolved {
-            Some(t) if t.iter().all(|&t| t < n) => targets.push(t),
-            _ => return program,
-        }
-    }
-    let mut live = vec![false; n];
-    let mut todo = vec![0];
-    while let Some(pc) = todo.pop() {
-        if !std::mem::replace(&mut live[pc], true) {
-            todo.extend_from_slice(&targets[pc]);
-        }
-    }
-    let mut new_pc = vec![0; n];
-    let mut count = 0;
-    for pc in (0..n).filter(|&pc| live[pc]) {
-        new_pc[pc] = count;
-        count += 1;
-    }
-    let mut out = Vec::with_capacity(count);
-    for pc in (0..n).filter(|&pc| live[pc]) {
-        let mut insn = program[pc].clone();
-        let offset = |t: usize| new_pc[t] - new_pc[pc] - 1;
-        if is_ja(&insn) {
-            insn.k = offset(targets[pc][0]) as u32;
-        } else if insn.code & BPF_CLASS_MASK == BPF_JMP {
-            match (
-                u8::try_from(offset(targets[pc][0])),
-                u8::try_from(offset(targets[pc][1])),
-            ) {
-                (Ok(jt), Ok(jf)) => (insn.jt, insn.jf) = (jt, jf),
-                _ => return program,
-            }
-        }
-        out.push(insn);
-    }
-    out
 }
 
 fn ioctl_rule(request: u64) -> Result<SeccompRule, BackendError> {

@@ -164,12 +164,9 @@ impl Vm {
             .map_err(Error::Ioeventfd)
     }
 
-    /// Lets KVM batch writes to `port` in its coalesced ring instead of
-    /// exiting for each; vCPUs drain the ring before handling any exit.
+    /// Lets KVM batch writes to `port` (see [`crate::vcpu::coalesced`]).
     pub fn coalesce_port_writes(&self, port: u16) -> Result<(), Error> {
-        self.fd
-            .register_coalesced_mmio(IoEventAddress::Pio(u64::from(port)), 1)
-            .map_err(Error::Coalesce)
+        crate::vcpu::coalesced::batch_port_writes(&self.fd, port).map_err(Error::Coalesce)
     }
 
     pub fn fd(&self) -> &VmFd {

@@ -410,13 +410,8 @@ impl Vmm {
         }
         devices.attach(&vm, &mem)?;
         let (io, mmio) = devices.buses();
-        // Without interrupts nothing waits for a THR write to take effect
-        // at once (no THR-empty interrupt), so COM1's transmit register can
-        // be batched in the kernel: a byte then costs no exit to userspace.
-        // Registering the batch zone makes KVM wait a normal SRCU grace
-        // period when the VM is destroyed, so it is done only
-        // once the guest turns out to print a lot (see Console::run); the
-        // vCPUs drain the ring anyway.
+        // COM1's writes may be batched without the irqchip, once output is
+        // heavy (vcpu::coalesced says why and what that guarantees).
         let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
         let mut vcpus = Starting::default();
         for id in 0..config.cpus {

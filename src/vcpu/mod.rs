@@ -1,6 +1,7 @@
 //! A vCPU: its initial state, its run loop, and the commands its thread
 //! serves (see [`handle`]).
 
+pub mod coalesced;
 pub mod exit;
 pub mod handle;
 pub mod state;
@@ -15,7 +16,8 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
 use crate::control::{StopReason, VmControl};
 use crate::trace::BootTrace;
-use exit::{Action, Exit, TripleFault};
+use coalesced::RawExit;
+use exit::{Action, TripleFault};
 pub use handle::{kick_signal, pause_all, resume_all, CommandError, VcpuHandle};
 use handle::{Mailbox, Next, VcpuEvent, VcpuResponse};
 pub use state::VcpuState;
@@ -79,111 +81,6 @@ const PV_MSRS: &[u32] = &[
     0x4b56_4d03, // MSR_KVM_STEAL_TIME
     0x4b56_4d04, // MSR_KVM_PV_EOI_EN
 ];
-
-/// An exit whose data is still in the kvm_run mapping, detached from the
-/// borrow of the vCPU fd so that the coalesced ring (read through the fd)
-/// can be drained before the exit is handled, in guest order.
-enum RawExit {
-    IoIn {
-        port: u16,
-        size: usize,
-        ptr: *mut u8,
-        len: usize,
-    },
-    IoOut {
-        port: u16,
-        size: usize,
-        ptr: *const u8,
-        len: usize,
-    },
-    MmioRead {
-        addr: u64,
-        ptr: *mut u8,
-        len: usize,
-    },
-    MmioWrite {
-        addr: u64,
-        ptr: *const u8,
-        len: usize,
-    },
-    Plain(Exit<'static>),
-}
-
-impl RawExit {
-    fn detach(exit: Exit<'_>) -> Self {
-        match exit {
-            Exit::IoIn { port, size, data } => RawExit::IoIn {
-                port,
-                size,
-                ptr: data.as_mut_ptr(),
-                len: data.len(),
-            },
-            Exit::IoOut { port, size, data } => RawExit::IoOut {
-                port,
-                size,
-                ptr: data.as_ptr(),
-                len: data.len(),
-            },
-            Exit::MmioRead { addr, data } => RawExit::MmioRead {
-                addr,
-                ptr: data.as_mut_ptr(),
-                len: data.len(),
-            },
-            Exit::MmioWrite { addr, data } => RawExit::MmioWrite {
-                addr,
-                ptr: data.as_ptr(),
-                len: data.len(),
-            },
-            Exit::Hlt => RawExit::Plain(Exit::Hlt),
-            Exit::Shutdown => RawExit::Plain(Exit::Shutdown),
-            Exit::FailEntry(r) => RawExit::Plain(Exit::FailEntry(r)),
-            Exit::InternalError(s) => RawExit::Plain(Exit::InternalError(s)),
-            Exit::SystemEvent(k) => RawExit::Plain(Exit::SystemEvent(k)),
-            Exit::Debug(a) => RawExit::Plain(Exit::Debug(a)),
-            Exit::Other(n) => RawExit::Plain(Exit::Other(n)),
-        }
-    }
-
-    /// # Safety
-    /// The pointers must still point at `len` valid bytes that nothing else
-    /// refers to for the life of the returned exit.
-    unsafe fn attach<'a>(self) -> Exit<'a> {
-        // SAFETY: guaranteed by the caller.
-        unsafe {
-            match self {
-                RawExit::IoIn {
-                    port,
-                    size,
-                    ptr,
-                    len,
-                } => Exit::IoIn {
-                    port,
-                    size,
-                    data: std::slice::from_raw_parts_mut(ptr, len),
-                },
-                RawExit::IoOut {
-                    port,
-                    size,
-                    ptr,
-                    len,
-                } => Exit::IoOut {
-                    port,
-                    size,
-                    data: std::slice::from_raw_parts(ptr, len),
-                },
-                RawExit::MmioRead { addr, ptr, len } => Exit::MmioRead {
-                    addr,
-                    data: std::slice::from_raw_parts_mut(ptr, len),
-                },
-                RawExit::MmioWrite { addr, ptr, len } => Exit::MmioWrite {
-                    addr,
-                    data: std::slice::from_raw_parts(ptr, len),
-                },
-                RawExit::Plain(e) => e,
-            }
-        }
-    }
-}
 
 impl Vcpu {
     pub fn new(vm: &VmFd, id: u8) -> Result<Self, Error> {
@@ -312,8 +209,9 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     }
 
-    /// Has the VM's coalesced-I/O ring mapped: port writes KVM batched in
-    /// the kernel are handed to the bus before every exit is handled.
+    /// Has the VM's coalesced-I/O ring mapped (see [`coalesced`]): port
+    /// writes KVM batched in the kernel are handed to the bus before every
+    /// exit is handled.
     pub fn map_coalesced_ring(&mut self) -> Result<(), Error> {
         let r = self.fd.map_coalesced_mmio_ring();
         self.setup("the coalesced I/O ring", r)?;
@@ -321,19 +219,11 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Hands every batched write to its bus, oldest first.
+    /// Hands every batched write to its bus, oldest first (see
+    /// [`coalesced`]).
     fn drain_coalesced(&mut self, io: &Bus, mmio: &Bus) {
-        if !self.coalesced {
-            return;
-        }
-        while let Ok(Some(e)) = self.fd.coalesced_mmio_read() {
-            let data = &e.data[..(e.len as usize).min(e.data.len())];
-            // SAFETY: both union members are plain u32s.
-            let pio = unsafe { e.__bindgen_anon_1.pio } != 0;
-            let bus = if pio { io } else { mmio };
-            if !bus.write(e.phys_addr, data) {
-                log::debug!("unclaimed coalesced write {:#x}", e.phys_addr);
-            }
+        if self.coalesced {
+            coalesced::drain(&mut self.fd, io, mmio);
         }
     }
 
