@@ -84,11 +84,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NESTED = REPO / "scripts" / "nested"
 # The one list of packages is scripts/install-deps'; these are the same.
-PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static"]
+PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "e2fsprogs"]
 BUSYBOX = "/bin/busybox"
 # The modules the outer VM loads: virtio-9p for the shares, and KVM on AMD
 # (irqbypass, ccp, kvm, kvm_amd come by dependency).
 OUTER_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "kvm_amd"]
+# The modules the guest's init loads for the disk checks: kvmini's
+# virtio-mmio transport and virtio-blk (Debian builds both as modules, and
+# finds the devices through the DSDT), ext4, and the crc32c it checksums
+# with (ext4 asks the crypto API for it, which insmod does not answer).
+GUEST_MODULES = ["virtio_mmio", "virtio_blk", "crc32c_generic", "ext4"]
 
 # Seconds without a heartbeat from inside before the outer VM counts as
 # wedged, and seconds it then gets to answer again after an NMI.
@@ -336,12 +341,14 @@ def install(src, dst, mode):
     os.chmod(dst, mode)
 
 
-def make_guest_initramfs(work):
-    """The guest's initramfs: static busybox and guest-init."""
+def make_guest_initramfs(work, kver):
+    """The guest's initramfs: static busybox, guest-init, and the modules in
+    modules/order (see GUEST_MODULES)."""
     root = work / "guest-root"
     (root / "bin").mkdir(parents=True)
     install(BUSYBOX, root / "bin" / "busybox", 0o755)
     install(NESTED / "guest-init", root / "init", 0o755)
+    copy_modules(kver, GUEST_MODULES, root / "modules")
     mkcpio(root, work / "guest-initramfs.cpio")
     return work / "guest-initramfs.cpio"
 
@@ -351,8 +358,8 @@ def module_name(path):
     return os.path.basename(path).split(".ko")[0].replace("-", "_")
 
 
-def outer_modules(kver):
-    """The modules the outer VM must load, dependencies first, from
+def module_closure(kver, wanted):
+    """The modules to load for `wanted`, dependencies first, from
     modules.dep. Built-in ones (modules.builtin) need no loading."""
     moddir = Path("/lib/modules") / kver
     deps, by_name = {}, {}
@@ -371,7 +378,7 @@ def outer_modules(kver):
             resolve(dep)
         order.append(path)
 
-    for want in OUTER_MODULES:
+    for want in wanted:
         if want in by_name:
             resolve(by_name[want])
         elif not re.search(("/" + want.replace("_", "[-_]") + r"\.ko").encode(), builtin):
@@ -379,19 +386,15 @@ def outer_modules(kver):
     return moddir, order
 
 
-def make_outer_initramfs(work, kver):
-    """The outer initramfs: busybox, outer-init and the modules in
-    modules/order."""
-    root = work / "outer-root"
-    (root / "bin").mkdir(parents=True)
-    (root / "modules").mkdir()
-    install(BUSYBOX, root / "bin" / "busybox", 0o755)
-    install(NESTED / "outer-init", root / "init", 0o755)
-    moddir, order = outer_modules(kver)
+def copy_modules(kver, wanted, dest):
+    """Copies the modules `wanted` needs (module_closure) into `dest`,
+    uncompressed, with their load order in dest/order."""
+    dest.mkdir()
+    moddir, order = module_closure(kver, wanted)
     names = []
     for path in order:
         name = os.path.basename(path).split(".ko")[0] + ".ko"
-        src, dst = moddir / path, root / "modules" / name
+        src, dst = moddir / path, dest / name
         # insmod wants a plain ELF object; Debian compresses modules in some
         # releases.
         if path.endswith(".ko"):
@@ -407,7 +410,17 @@ def make_outer_initramfs(work, kver):
         else:
             raise SetupFailed("initramfs", f"unknown module format: {path}")
         names.append(name)
-    (root / "modules" / "order").write_text("".join(n + "\n" for n in names))
+    (dest / "order").write_text("".join(n + "\n" for n in names))
+
+
+def make_outer_initramfs(work, kver):
+    """The outer initramfs: busybox, outer-init and the modules in
+    modules/order."""
+    root = work / "outer-root"
+    (root / "bin").mkdir(parents=True)
+    install(BUSYBOX, root / "bin" / "busybox", 0o755)
+    install(NESTED / "outer-init", root / "init", 0o755)
+    copy_modules(kver, OUTER_MODULES, root / "modules")
     mkcpio(root, work / "outer-initramfs.cpio")
     return work / "outer-initramfs.cpio"
 
@@ -828,7 +841,7 @@ def main():
     try:
         try:
             kvmini, test_bins = build(work)
-            guest_initramfs = make_guest_initramfs(work)
+            guest_initramfs = make_guest_initramfs(work, kver)
             outer_initramfs = make_outer_initramfs(work, kver)
             vmlinux = extract_vmlinux(kernel, work / "vmlinux")
         except SetupFailed as e:
