@@ -342,13 +342,20 @@ def install(src, dst, mode):
 
 
 def make_guest_initramfs(work, kver):
-    """The guest's initramfs: static busybox, guest-init, and the modules in
-    modules/order (see GUEST_MODULES)."""
+    """The guest's initramfs: static busybox, guest-init, blkbench, and the
+    modules in modules/order (see GUEST_MODULES)."""
     root = work / "guest-root"
     (root / "bin").mkdir(parents=True)
     install(BUSYBOX, root / "bin" / "busybox", 0o755)
     install(NESTED / "guest-init", root / "init", 0o755)
     copy_modules(kver, GUEST_MODULES, root / "modules")
+    # The disk bench's guest side, a static C program (the host's cc and
+    # glibc's libc.a, which kvmini's static build needs too).
+    cc = subprocess.run(["cc", "-static", "-O2", "-o", str(root / "bin" / "blkbench"),
+                         str(NESTED / "blkbench.c")], capture_output=True, text=True)
+    if cc.returncode != 0:
+        raise SetupFailed("initramfs", "cannot build scripts/nested/blkbench.c: "
+                          + (cc.stderr.strip().splitlines() or ["cc failed"])[-1])
     mkcpio(root, work / "guest-initramfs.cpio")
     return work / "guest-initramfs.cpio"
 
