@@ -47,6 +47,19 @@ pub fn console_filter(restart: bool) -> &'static [sock_filter] {
     })
 }
 
+/// Makes the C library's allocator keep to the calls the filters allow;
+/// once per process, before the first thread is confined. glibc gives
+/// freed memory at the top of a thread's arena back to the kernel, and the
+/// first time it does so it reads /proc/sys/vm/overcommit_memory: an
+/// openat, which no confined thread may make (a disk's worker died by
+/// SIGSYS freeing a 64 KiB request buffer). With the trim threshold at its
+/// maximum no arena is trimmed; freed memory stays in the allocator for
+/// reuse, and large buffers are mmap'd and unmapped as before.
+pub fn prepare_allocator() {
+    // SAFETY: mallopt only sets a parameter of the allocator.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+}
+
 /// Installs `filter` on the calling thread.
 pub fn install(filter: &[sock_filter]) -> Result<(), Error> {
     seccompiler::apply_filter(filter).map_err(Error::Install)
@@ -304,6 +317,51 @@ mod tests {
             libc::SYS_sendmsg,
         ] {
             assert_eq!(call(nr, [0; 6]), kill, "{nr}");
+        }
+    }
+
+    /// Allocates and frees 48 MiB in 64 KiB pieces, which a thread other
+    /// than the main one takes from its own malloc arena, grown by
+    /// mprotect. (libtest runs each test on a thread of its own, and the
+    /// forked child keeps running on it.)
+    fn grow_a_thread_arena() {
+        let pieces: Vec<Vec<u8>> = (0..768).map(|i| vec![i as u8; 64 * 1024]).collect();
+        assert_eq!(pieces.len(), 768);
+    }
+
+    fn make_memory_executable() {
+        // SAFETY: a fresh private anonymous page, changed and dropped by
+        // this child only.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        }
+    }
+
+    #[test]
+    fn threads_that_allocate_may_grow_their_arena_but_not_make_code() {
+        assert_ne!(std::thread::current().name(), Some("main"));
+        // Without it, freeing the pieces trims the arena, which opens
+        // /proc/sys/vm/overcommit_memory: SIGSYS.
+        prepare_allocator();
+        for kind in [ThreadKind::Worker, ThreadKind::Vcpu] {
+            assert_eq!(
+                in_child(filter(kind), grow_a_thread_arena),
+                None,
+                "{kind:?}"
+            );
+            assert_eq!(
+                in_child(filter(kind), make_memory_executable),
+                Some(libc::SIGSYS),
+                "{kind:?}"
+            );
         }
     }
 

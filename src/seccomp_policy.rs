@@ -22,7 +22,9 @@
 //! - rt_sigreturn (return from the kick signal's handler), rt_sigprocmask,
 //!   sigaltstack, madvise, munmap, exit (thread exit); exit_group (the
 //!   panic hook ends the process with the internal-error status)
-//! - mmap, mremap, brk (memory allocation, e.g. a crash report)
+//! - mmap, mremap, brk (memory allocation, e.g. a crash report), and
+//!   mprotect with PROT_READ|PROT_WRITE only (glibc grows a thread's malloc
+//!   arena so)
 //! - sched_yield, clock_gettime, gettid, getpid (std and log internals)
 //!
 //! The console (main) thread, after the VM started:
@@ -48,6 +50,9 @@
 //! - poll, ppoll, read, write (eventfds: stop, wake-up, queue notification,
 //!   interrupt; log lines on stderr)
 //! - pread64, pwrite64, fdatasync (the disk image)
+//! - mprotect with PROT_READ|PROT_WRITE only (glibc grows the thread's
+//!   malloc arena so: a 64 KiB request buffer did, under Linux's
+//!   multi-segment requests)
 //! - close (eventfds dropped when the worker ends)
 //! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
 //!   rt_sigprocmask, sigaltstack, sched_yield, clock_gettime, gettid,
@@ -236,7 +241,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => vcpu_rules(),
             ThreadKind::Console => console_rules(false),
             ThreadKind::ConsoleRestart => console_rules(true),
-            ThreadKind::Worker => Ok(WORKER_CALLS.iter().map(|&c| (c, vec![])).collect()),
+            ThreadKind::Worker => worker_rules(),
         }
     }
 
@@ -264,10 +269,28 @@ fn ioctl_rule(request: u64) -> Result<SeccompRule, BackendError> {
     SeccompRule::new(vec![cond])
 }
 
+/// mprotect with PROT_READ | PROT_WRITE only: glibc grows a thread's
+/// malloc arena (any thread but the main one) by making more of its
+/// reserved heap readable and writable. Nothing may become executable.
+fn mprotect_rw_rule() -> Result<SeccompRule, BackendError> {
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let cond = SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, prot)?;
+    SeccompRule::new(vec![cond])
+}
+
+/// What a device worker thread may call.
+pub fn worker_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        WORKER_CALLS.iter().map(|&c| (c, vec![])).collect();
+    rules.insert(libc::SYS_mprotect, vec![mprotect_rw_rule()?]);
+    Ok(rules)
+}
+
 /// What a vCPU thread may call.
 pub fn vcpu_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         VCPU_CALLS.iter().map(|&c| (c, vec![])).collect();
+    rules.insert(libc::SYS_mprotect, vec![mprotect_rw_rule()?]);
     rules.insert(
         libc::SYS_ioctl,
         VCPU_IOCTLS

@@ -227,6 +227,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     config.check()?;
     let mut files = loader::preflight(&config.kernel, config.initramfs.as_deref())?;
     let disks = open_disks(config)?;
+    if config.seccomp {
+        seccomp::prepare_allocator();
+    }
     let signals = console::signal_fd().map_err(Error::Console)?;
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;

@@ -8,10 +8,9 @@
 //! output then costs no exit. It is turned on for COM1 only once the guest
 //! turns out to print a lot (the console's heavy-output callback), because
 //! a registered zone makes KVM wait a normal SRCU grace period when the VM
-//! is destroyed. It pays on both KVMs measured: the tiny guest's
-//! flood=20000 takes 21% less wall and CPU time with it on real kvm_amd
-//! (scripts/nested-ci), and more on the software KVM of these machines
-//! (figures in docs/benchmarks.md).
+//! is destroyed. It was kept because it pays on both KVMs measured, real
+//! kvm_amd (inside scripts/nested-ci) and these machines' software KVM
+//! (the README's Benchmarks section has the figures).
 //!
 //! What it guarantees: writes reach their devices in guest order. The ring
 //! is drained before any exit is handled (an exit's data stays in the

@@ -195,8 +195,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         // SEG_MAX: without it Linux sends one segment per request, which
-        // for a buffer of scattered pages is one 4 KiB request each (the
-        // nested disk bench read 1 MiB O_DIRECT blocks at 4 MiB/s so).
+        // for a buffer of scattered pages is one 4 KiB request per page.
         let mut f = 1u64 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX;
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
