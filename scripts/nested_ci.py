@@ -609,8 +609,15 @@ class Harness:
         # softlockup_panic: a wedged outer kernel panics, and panic=-1 with
         # -no-reboot ends QEMU at once, instead of the run waiting out its
         # timeout. nokaslr: a wedged outer kernel's RIP (see Monitor.state)
-        # means the same from run to run.
+        # means the same from run to run. highres=off nohz=off: the outer
+        # kernel's timer ticks periodically, so that one timer interrupt
+        # lost by QEMU's TCG while a nested guest runs is followed by the
+        # next (a one-shot timer lost is never rearmed: the outer VM then
+        # stays in the nested guest for good, which is what wedged it 3 to 7
+        # times a run on 2026-12-01, every time just after the nested guest
+        # had stopped its own LAPIC timer).
         cmdline = ("console=ttyS0 loglevel=4 panic=-1 softlockup_panic=1 mitigations=off nokaslr"
+                   " highres=off nohz=off"
                    f" nested.work={self.work} nested.repo={REPO} nested.checks={self.cfg.checks}"
                    f" nested.group={boot.group}")
         # -accel tcg -cpu EPYC,+svm: software emulation with AMD SVM, so that
