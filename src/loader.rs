@@ -304,13 +304,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, source: &KernelSource) -> Result<Loade
     let path = display(source);
     match source {
         KernelSource::Embedded => load_image(mem, &path, &mut Cursor::new(TINY_GUEST)),
-        KernelSource::File(p) => {
-            if p.is_dir() {
-                return Err(Error::Directory(p.clone()));
-            }
-            let mut f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
-            load_image(mem, p, &mut f)
-        }
+        KernelSource::File(_) => preflight(source, None)?.load_kernel(mem),
     }
 }
 
