@@ -36,8 +36,22 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
+    // Colour or not is decided here, once, on the main thread. Writing to
+    // its Stderr target, env_logger (anstream) asks whether stderr is a
+    // terminal (TCGETS) at every line, whatever the style, and a line logged
+    // from a confined thread would make an ioctl its seccomp filter kills it
+    // for. Through a pipe target it styles into a buffer and makes no call
+    // but the write(2) of the finished line.
+    use std::io::IsTerminal;
+    let style = if std::io::stderr().is_terminal() {
+        env_logger::WriteStyle::Always
+    } else {
+        env_logger::WriteStyle::Never
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_micros()
+        .write_style(style)
+        .target(env_logger::Target::Pipe(Box::new(std::io::stderr())))
         .init();
 
     let config = args.into_config();

@@ -31,7 +31,12 @@ fn on_tty_raw(args: &str, steps: &[(&str, &[u8])]) -> String {
         std::path::Path::new("/usr/bin/script").exists(),
         "this test needs script(1) from util-linux to provide a terminal"
     );
-    let cmd = format!("stty -g; {KVMINI} {args}; echo \"status=$?\"; stty -g");
+    // Leading NAME=VALUE words are kvmini's environment.
+    let (env, args) = match args.split_once(' ') {
+        Some((e, rest)) if e.contains('=') && !e.starts_with('-') => (e, rest),
+        _ => ("", args),
+    };
+    let cmd = format!("stty -g; {env} {KVMINI} {args}; echo \"status=$?\"; stty -g");
     let mut child = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(Stdio::piped())
@@ -199,4 +204,29 @@ fn terminal_restored_after_timeout_crash_and_bad_input() {
         assert!(t.contains(&format!("status={status}")), "{args}: {t}");
         assert_restored(&t);
     }
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn every_verbosity_works_on_a_terminal() {
+    // A vCPU thread logs the guest's stop at debug level; on a terminal the
+    // logger must not make a call (TCGETS) the thread's filter forbids.
+    for (args, debug_line) in [
+        ("--cmdline exit=3", false),
+        ("-v --cmdline exit=3", false),
+        ("-vv --cmdline exit=3", true),
+        ("-vvv --cmdline exit=3 --cpus 2", true),
+        ("-vv --cmdline exit=3 --irqchip on", true),
+    ] {
+        let t = on_tty(args, &[]);
+        assert!(t.contains("status=3"), "{args}: {t}");
+        assert_eq!(t.contains("VM stopping"), debug_line, "{args}: {t}");
+        assert_restored(&t);
+    }
+    let t = on_tty("RUST_LOG=trace --cmdline exit=3", &[]);
+    assert!(t.contains("status=3") && t.contains("VM stopping"), "{t}");
+    assert_restored(&t);
 }
