@@ -12,6 +12,7 @@ pub mod control;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod fatal;
 pub mod loader;
 pub mod memory;
 pub mod seccomp;

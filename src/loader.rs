@@ -50,6 +50,18 @@ pub enum Format {
     BzImage,
 }
 
+/// What linux-loader found wrong, said once: its errors quote their
+/// sources in their own messages, each behind "Kernel Loader: ", so only
+/// the innermost is kept, without that prefix.
+fn loader_cause(e: &linux_loader::loader::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(s) = inner.source() {
+        inner = s;
+    }
+    let text = inner.to_string();
+    text.trim_start_matches("Kernel Loader: ").to_string()
+}
+
 /// Errors loading a kernel or an initramfs. Each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,8 +77,8 @@ pub enum Error {
     Elf32(PathBuf),
     #[error("--kernel {0}: an ELF for another architecture (e_machine {1}); kvmini boots x86_64 kernels")]
     WrongArch(PathBuf, u16),
-    #[error("--kernel {0}: invalid or truncated {1:?} image")]
-    Invalid(PathBuf, Format, #[source] linux_loader::loader::Error),
+    #[error("--kernel {}: invalid or truncated {:?} image: {}", .0.display(), .1, loader_cause(.2))]
+    Invalid(PathBuf, Format, linux_loader::loader::Error),
     #[error("--kernel {path}: the image ends at {end:#x}, beyond the guest's {mem:#x} bytes of memory (raise --memory)")]
     TooBig { path: PathBuf, end: u64, mem: u64 },
     #[error("--kernel {0}: has no PVH entry note, so --boot pvh cannot start it")]

@@ -4,16 +4,17 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvmini::{cli::Args, console, status};
+use kvmini::{cli::Args, status};
+
+/// A heap allocation that fails ends kvmini with one line and status 1
+/// (src/fatal.rs), on whichever thread it happens.
+#[global_allocator]
+static ALLOCATOR: kvmini::fatal::Allocator = kvmini::fatal::Allocator;
 
 fn main() -> ExitCode {
     // Whatever happens, leave the terminal as we found it, and never show
     // a user a backtrace: one line, then the internal-error status.
-    std::panic::set_hook(Box::new(|info| {
-        console::restore_terminal();
-        eprintln!("kvmini: internal error: {info}");
-        std::process::exit(i32::from(status::INTERNAL_ERROR));
-    }));
+    kvmini::fatal::install_panic_hook();
 
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -74,7 +75,13 @@ fn main() -> ExitCode {
             let mut line = format!("kvmini: error: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
-                line.push_str(&format!(": {s}"));
+                // A cause some error already quotes in its own message is
+                // said once.
+                let cause = s.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
                 source = s.source();
             }
             // One line, whatever the causes' own formatting.

@@ -15,7 +15,8 @@
 //!   KVM_SET_MSRS, KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_VCPU_EVENTS,
 //!   KVM_SET_VCPU_EVENTS (GetState and SetState, and a vCPU's reset to its
 //!   first state when the guest reboots in place), KVM_SET_GUEST_DEBUG (SetGuestDebug), KVM_TRANSLATE
-//!   (Translate) and KVM_KVMCLOCK_CTRL (Pause tells a kvmclock guest)
+//!   (Translate) and KVM_KVMCLOCK_CTRL (Pause tells a kvmclock guest);
+//!   TCSETS on fd 0 only (the last way out restores the terminal)
 //! - write (irqfd and wake-up eventfds; log lines on stderr)
 //! - futex (locks shared with the console thread; the handle's channels,
 //!   with a timeout while paused)
@@ -54,6 +55,7 @@
 //!   malloc arena so: a 64 KiB request buffer did, under Linux's
 //!   multi-segment requests)
 //! - close (eventfds dropped when the worker ends)
+//! - ioctl, only TCSETS on fd 0 (the last way out restores the terminal)
 //! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
 //!   rt_sigprocmask, sigaltstack, sched_yield, clock_gettime, gettid,
 //!   getpid, exit, exit_group (std, allocation, leaving)
@@ -283,7 +285,17 @@ pub fn worker_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         WORKER_CALLS.iter().map(|&c| (c, vec![])).collect();
     rules.insert(libc::SYS_mprotect, vec![mprotect_rw_rule()?]);
+    rules.insert(libc::SYS_ioctl, vec![restore_terminal_rule()?]);
     Ok(rules)
+}
+
+/// ioctl(0, TCSETS): the last way out of any thread (src/fatal.rs, a panic
+/// or a failed allocation) puts the terminal on stdin back as it was.
+fn restore_terminal_rule() -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(vec![
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?,
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TCSETS)?,
+    ])
 }
 
 /// What a vCPU thread may call.
@@ -296,6 +308,7 @@ pub fn vcpu_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
         VCPU_IOCTLS
             .iter()
             .map(|&r| ioctl_rule(r))
+            .chain(std::iter::once(restore_terminal_rule()))
             .collect::<Result<_, _>>()?,
     );
     Ok(rules)

@@ -26,7 +26,34 @@ fn assert_error(r: &Run, status: i32, needles: &[&str]) {
     for n in needles {
         assert!(r.stderr.contains(n), "stderr lacks {n:?}: {}", r.stderr);
     }
+    assert_says_each_cause_once(&r.stderr);
     assert!(r.stdout.is_empty(), "nothing should reach stdout");
+}
+
+/// No part of an error line (between ": ") comes twice: a cause that an
+/// error already quotes is not repeated by the chain printed after it.
+#[track_caller]
+fn assert_says_each_cause_once(line: &str) {
+    let parts: Vec<&str> = line.trim().split(": ").map(str::trim).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "{p:?} is said twice: {line}");
+    }
+}
+
+#[test]
+fn an_error_says_its_cause_once() {
+    // vm-memory's error quotes its OS error, which is also its source.
+    assert_error(
+        &kvmini(&["--memory", "100T"]),
+        2,
+        &["--memory", "Cannot allocate memory"],
+    );
+    // linux-loader's errors quote each other down the chain.
+    assert_error(
+        &kvmini(&["--kernel", "/bin/true"]),
+        2,
+        &["--kernel /bin/true"],
+    );
 }
 
 fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
