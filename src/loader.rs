@@ -255,7 +255,7 @@ pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<Boot
             if p.is_dir() {
                 return Err(Error::Directory(p.clone()));
             }
-            let mut f = File::open(p).map_err(|e| Error::Read(p.clone(), e))?;
+            let mut f = crate::host_file::open_regular(p).map_err(|e| Error::Read(p.clone(), e))?;
             let mut head = Vec::with_capacity(0x210);
             (&mut f)
                 .take(0x210)
@@ -271,7 +271,8 @@ pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<Boot
             if p.is_dir() {
                 return Err(Error::InitramfsDirectory(p.into()));
             }
-            let f = File::open(p).map_err(|e| Error::InitramfsRead(p.into(), e))?;
+            let f =
+                crate::host_file::open_regular(p).map_err(|e| Error::InitramfsRead(p.into(), e))?;
             Some((p.to_path_buf(), f))
         }
     };

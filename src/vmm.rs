@@ -67,6 +67,8 @@ pub enum Error {
     SerialBackend(#[from] console::backend::Error),
     #[error("--serial-log {0}: cannot create the file")]
     SerialLog(std::path::PathBuf, #[source] std::io::Error),
+    #[error("{0}: kvmini cannot write one file twice, nor overwrite what it reads")]
+    SameFile(String),
     #[error("--input {0}: cannot read the file")]
     Input(std::path::PathBuf, #[source] std::io::Error),
     #[error("{0} {1:?}: not a valid regular expression: {2}")]
@@ -103,6 +105,7 @@ impl Error {
             | Error::Disk(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
+            | Error::SameFile(_)
             | Error::Input(..)
             | Error::Pattern(..) => BAD_INPUT,
             // No wildcard: a new error must be given its status here.
@@ -148,6 +151,60 @@ fn regex_reason(e: &regex::Error) -> String {
         .to_string()
 }
 
+/// Refuses two outputs that are one file, or an output that is an input,
+/// before either is truncated; then empties the files kvmini opened.
+fn check_outputs(config: &VmConfig, ports: &[Port]) -> Result<(), Error> {
+    let mut outputs: Vec<(String, &std::fs::File)> = Vec::new();
+    let mut opened = Vec::new();
+    if let (Some(p), Some(log)) = (&config.serial_log, ports[0].log()) {
+        outputs.push((format!("--serial-log {}", p.display()), log.file()));
+        opened.push(log.file());
+    }
+    let backends = std::iter::once(("--serial", &config.serial))
+        .chain(config.serial2.as_ref().map(|b| ("--serial2", b)));
+    for ((flag, cfg), port) in backends.zip(ports) {
+        let Some(f) = port.backend().file() else {
+            continue;
+        };
+        let name = match cfg {
+            crate::config::SerialBackend::File(p) => {
+                opened.push(f);
+                format!("{flag} file={}", p.display())
+            }
+            _ => format!("{flag} stdio (standard output)"),
+        };
+        outputs.push((name, f));
+    }
+    let mut inputs: Vec<(String, &std::path::Path)> = Vec::new();
+    if let crate::config::KernelSource::File(p) = &config.kernel {
+        inputs.push((format!("--kernel {}", p.display()), p));
+    }
+    for (flag, p) in [
+        ("--initramfs", &config.initramfs),
+        ("--input", &config.input),
+    ] {
+        if let Some(p) = p {
+            inputs.push((format!("{flag} {}", p.display()), p));
+        }
+    }
+    for d in &config.disks {
+        inputs.push((format!("--disk {}", d.path.display()), &d.path));
+    }
+    crate::host_file::check_outputs(&outputs, &inputs).map_err(Error::SameFile)?;
+    for f in opened {
+        crate::host_file::truncate(f).map_err(Error::Console)?;
+    }
+    Ok(())
+}
+
+/// `--input`'s bytes: a regular file, read whole without waiting on anyone.
+fn read_input(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    crate::host_file::open_regular(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Opens the serial back ends, the log and the watchers: everything of the
 /// console that outlives one boot of the guest.
 fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, Error> {
@@ -159,7 +216,7 @@ fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, E
     let input = config
         .input
         .as_ref()
-        .map(|p| std::fs::read(p).map_err(|e| Error::Input(p.clone(), e)))
+        .map(|p| read_input(p).map_err(|e| Error::Input(p.clone(), e)))
         .transpose()?;
     let log = config
         .serial_log
@@ -177,6 +234,7 @@ fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, E
     if let Some(b) = &config.serial2 {
         ports.push(Port::new("COM2", Backend::open(b, "--serial2")?, None));
     }
+    check_outputs(config, &ports)?;
     let has_input_after = input_after.is_some();
     Ok(Console::new(
         ports,

@@ -467,3 +467,55 @@ fn smp_without_irqchip() {
 fn irqchip_garbage() {
     assert_error(&kvmini(&["--irqchip", "maybe"]), 2, &["--irqchip"]);
 }
+
+#[test]
+fn one_file_for_two_outputs_or_an_output_over_an_input_is_refused() {
+    let dir = TempDir::new("samefile");
+    let kernel = write(&dir, "kernel", &tiny_guest_elf());
+    let log = dir.path("s.log").display().to_string();
+    let same_log = dir.path(".").join("s.log").display().to_string();
+    let file = |p: &str| format!("file={p}");
+    for (args, needle) in [
+        (
+            vec![
+                "--serial".to_string(),
+                file(&log),
+                "--serial-log".into(),
+                same_log.clone(),
+            ],
+            "--serial file=",
+        ),
+        (
+            vec![
+                "--serial".into(),
+                file(&log),
+                "--serial2".into(),
+                file(&same_log),
+            ],
+            "--serial2 file=",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.clone(),
+                "--serial-log".into(),
+                kernel.clone(),
+            ],
+            "--kernel",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.clone(),
+                "--serial2".into(),
+                file(&kernel),
+            ],
+            "--kernel",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_error(&kvmini(&args), 2, &["the same file as", needle]);
+    }
+    // The kernel was not truncated by the refused output.
+    assert_eq!(std::fs::read(&kernel).unwrap(), tiny_guest_elf());
+}

@@ -147,10 +147,12 @@ impl Backend {
                     .map_err(|source| Error::Stdout { flag, source })?,
             )),
             SerialBackend::File(path) => {
-                Backend::File(File::create(path).map_err(|source| Error::Open {
-                    flag,
-                    path: path.clone(),
-                    source,
+                Backend::File(crate::host_file::open_output(path).map_err(|source| {
+                    Error::Open {
+                        flag,
+                        path: path.clone(),
+                        source,
+                    }
                 })?)
             }
             SerialBackend::Null => Backend::Null,
@@ -298,6 +300,14 @@ impl Backend {
                 }
             }
             _ => 0,
+        }
+    }
+
+    /// The file this back end writes to, if it is one (stdout or file=).
+    pub fn file(&self) -> Option<&File> {
+        match self {
+            Backend::Stdio(f) | Backend::File(f) => Some(f),
+            _ => None,
         }
     }
 

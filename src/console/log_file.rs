@@ -1,67 +1,122 @@
 //! `--serial-log`: a copy of COM1's output in a file, optionally with the
 //! time since kvmini started at the start of every line.
+//!
+//! The file is written without blocking (src/host_file.rs): what a slow
+//! reader (a FIFO's) has not taken waits here, the console polls for room,
+//! and beyond [`LOG_LIMIT`] the port stops taking the guest's output, so
+//! the guest waits and nothing is lost while kvmini's thread stays free.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Log bytes held for a reader that is not keeping up before COM1's
+/// output waits for it.
+pub const LOG_LIMIT: usize = 256 * 1024;
+
 pub struct SerialLog {
-    out: BufWriter<File>,
+    file: File,
     path: PathBuf,
     start: Option<Instant>,
     at_line_start: bool,
-    failed: bool,
+    /// Formatted but not yet written.
+    pending: Vec<u8>,
+    /// The first write error, after which the log stops.
+    failed: Option<io::Error>,
+    /// Bytes the log could not take after it failed.
+    lost: usize,
 }
 
 impl SerialLog {
     /// Creates the log; with `start`, lines get "[   1.234567] " prefixes.
-    pub fn create(path: &Path, start: Option<Instant>) -> std::io::Result<Self> {
+    pub fn create(path: &Path, start: Option<Instant>) -> io::Result<Self> {
         Ok(Self {
-            out: BufWriter::new(File::create(path)?),
+            file: crate::host_file::open_output(path)?,
             path: path.to_path_buf(),
             start,
             at_line_start: true,
-            failed: false,
+            pending: Vec::new(),
+            failed: None,
+            lost: 0,
         })
     }
 
-    fn stamp(&mut self) -> std::io::Result<()> {
+    /// The log file, to compare with the other outputs.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn stamp(&mut self) {
         if let Some(start) = self.start {
             let t = start.elapsed();
-            write!(self.out, "[{:4}.{:06}] ", t.as_secs(), t.subsec_micros())?;
+            let _ = write!(
+                self.pending,
+                "[{:4}.{:06}] ",
+                t.as_secs(),
+                t.subsec_micros()
+            );
         }
-        Ok(())
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.start.is_none() {
-            self.out.write_all(bytes)?;
-            return self.out.flush();
-        }
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            if self.at_line_start {
-                self.stamp()?;
-            }
-            self.out.write_all(line)?;
-            self.at_line_start = line.ends_with(b"\n");
-        }
-        self.out.flush()
-    }
-
-    /// Appends output; a failure is reported once and the log stops.
+    /// Appends output and writes what the file takes now.
     pub fn write(&mut self, bytes: &[u8]) {
-        if self.failed {
+        if self.failed.is_some() {
+            self.lost += bytes.len();
             return;
         }
-        if let Err(e) = self.write_all(bytes) {
-            log::warn!("--serial-log {}: {e}; logging stops", self.path.display());
-            self.failed = true;
+        if self.start.is_none() {
+            self.pending.extend_from_slice(bytes);
+        } else {
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if self.at_line_start {
+                    self.stamp();
+                }
+                self.pending.extend_from_slice(line);
+                self.at_line_start = line.ends_with(b"\n");
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes what the file takes without blocking; a failure is reported
+    /// once and the log stops.
+    pub fn flush(&mut self) {
+        while !self.pending.is_empty() && self.failed.is_none() {
+            match (&self.file).write(&self.pending) {
+                Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => self.fail(e),
+            }
         }
     }
 
-    pub fn flush(&mut self) {
-        let _ = self.out.flush();
+    fn fail(&mut self, e: io::Error) {
+        log::warn!("--serial-log {}: {e}; logging stops", self.path.display());
+        self.lost += self.pending.len();
+        self.pending.clear();
+        self.failed = Some(e);
+    }
+
+    /// The descriptor to wait on for room, while bytes wait for it.
+    pub fn blocked_fd(&self) -> Option<RawFd> {
+        (!self.pending.is_empty()).then(|| self.file.as_raw_fd())
+    }
+
+    /// False while [`LOG_LIMIT`] bytes wait for a slow reader.
+    pub fn accepts_output(&self) -> bool {
+        self.pending.len() < LOG_LIMIT
+    }
+
+    /// What the log did not get: bytes dropped after a failure, and bytes
+    /// still waiting (the caller gave up on them); with the failure.
+    pub fn lost(&self) -> (usize, Option<&io::Error>) {
+        (self.lost + self.pending.len(), self.failed.as_ref())
     }
 }
 

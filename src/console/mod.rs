@@ -115,6 +115,9 @@ pub struct Port {
     stdin_eof: bool,
     escape: bool,
     output_failed: bool,
+    /// Output dropped after the back end failed (a full disk, a closed
+    /// pipe), reported at the end.
+    lost: usize,
     /// The last byte the guest wrote to this port, if any.
     last_byte: Option<u8>,
 }
@@ -134,8 +137,18 @@ impl Port {
             stdin_eof: false,
             escape: false,
             output_failed: false,
+            lost: 0,
             last_byte: None,
         }
+    }
+
+    /// The port's `--serial-log`, if it has one.
+    pub fn log(&self) -> Option<&SerialLog> {
+        self.log.as_ref()
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// True if this port's back end is stdin/stdout.
@@ -170,8 +183,11 @@ impl Port {
         self.flush();
     }
 
-    /// Hands the back end what it takes now, never blocking.
+    /// Hands the back end and the log what they take now, never blocking.
     fn flush(&mut self) {
+        if let Some(l) = self.log.as_mut() {
+            l.flush();
+        }
         while !self.out.is_empty() {
             let (head, _) = self.out.as_slices();
             match self.backend.write_some(head) {
@@ -186,6 +202,7 @@ impl Port {
                         log::warn!("{}: output lost: {e}", self.name);
                         self.output_failed = true;
                     }
+                    self.lost += self.out.len();
                     self.out.clear();
                 }
             }
@@ -199,15 +216,44 @@ impl Port {
     /// False while a slow back end holds [`OUT_LIMIT`] bytes: the guest's
     /// output then waits in its queue, and the guest with it.
     fn accepts_output(&self) -> bool {
-        self.out.len() < OUT_LIMIT
+        self.out.len() < OUT_LIMIT && self.log.as_ref().is_none_or(SerialLog::accepts_output)
     }
 
-    /// The descriptor to wait on for room, when output is waiting.
-    fn blocked_output_fd(&self) -> Option<RawFd> {
-        if self.out.is_empty() {
+    /// The descriptors to wait on for room, where output is waiting: the
+    /// back end's and the log's.
+    fn blocked_output_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        let backend = if self.out.is_empty() {
             None
         } else {
             self.backend.output_fd()
+        };
+        backend
+            .into_iter()
+            .chain(self.log.as_ref().and_then(SerialLog::blocked_fd))
+    }
+
+    /// Says, once the guest is gone, what output never reached where the
+    /// user sent it, and why. (Lossy back ends drop by design.)
+    fn report_losses(&self) {
+        let undelivered = if self.backend.is_lossy() {
+            0
+        } else {
+            self.out.len()
+        };
+        if self.lost + undelivered > 0 {
+            log::warn!(
+                "{}: {} bytes of output not delivered",
+                self.name,
+                self.lost + undelivered
+            );
+        }
+        if let Some(l) = &self.log {
+            if let (n @ 1.., why) = l.lost() {
+                let why = why.map_or("its reader did not take them".to_string(), |e| {
+                    e.to_string()
+                });
+                log::warn!("--serial-log: {n} bytes not written ({why})");
+            }
         }
     }
 
@@ -426,28 +472,33 @@ impl Console {
         }
         let give_up = Instant::now() + FINAL_FLUSH;
         for p in &mut self.ports {
-            while let Some(fd) = p.blocked_output_fd() {
+            loop {
+                // A lossy back end (pty, socket) is not waited for.
+                let lossy = p.backend.is_lossy();
+                let mut fds: Vec<libc::pollfd> = p
+                    .blocked_output_fds()
+                    .filter(|&fd| !lossy || Some(fd) != p.backend.output_fd())
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    })
+                    .collect();
                 let left = give_up.saturating_duration_since(Instant::now());
-                if left.is_zero() || p.backend.is_lossy() {
+                if fds.is_empty() || left.is_zero() {
                     break;
                 }
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
+                // SAFETY: fds.len() valid pollfds.
+                unsafe {
+                    libc::poll(
+                        fds.as_mut_ptr(),
+                        fds.len() as libc::nfds_t,
+                        left.as_millis().max(1) as i32,
+                    )
                 };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
                 p.flush();
             }
-            if !p.out.is_empty() && !p.backend.is_lossy() {
-                log::warn!("{}: {} bytes of output not delivered", p.name, p.out.len());
-            }
-        }
-        for p in &mut self.ports {
-            if let Some(l) = p.log.as_mut() {
-                l.flush();
-            }
+            p.report_losses();
         }
     }
 }
@@ -503,7 +554,7 @@ impl Subscriber for ConsoleLoop<'_> {
     fn interest(&self, set: &mut Interest) {
         let c = &self.console;
         for (i, port) in c.ports.iter().enumerate() {
-            if let Some(fd) = port.blocked_output_fd() {
+            for fd in port.blocked_output_fds() {
                 set.add(fd, libc::POLLOUT, Source::Writable.token(i));
             }
         }
