@@ -114,6 +114,24 @@ fn probe_kvm() {
     }
 }
 
+/// Whether the tests that run a real client (socat) can: emits
+/// `cargo:rustc-cfg=has_socat` when `socat -V` runs, and otherwise leaves
+/// those tests `#[ignore]`d with the reason (scripts/install-deps installs
+/// it). Re-probed when /usr/bin changes (a package is installed).
+fn probe_clients() {
+    println!("cargo:rustc-check-cfg=cfg(has_socat)");
+    println!("cargo:rerun-if-changed=/usr/bin");
+    let runs = std::process::Command::new("socat")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        println!("cargo:rustc-cfg=has_socat");
+    }
+}
+
 /// Report a guest build failure plainly (no build-script backtrace) and stop.
 fn fail(msg: std::fmt::Arguments) -> ! {
     eprintln!("error: building the tiny guest (guest/) failed: {msg}");
@@ -124,6 +142,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
     probe_kvm();
+    probe_clients();
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

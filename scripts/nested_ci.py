@@ -84,7 +84,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NESTED = REPO / "scripts" / "nested"
 # The one list of packages is scripts/install-deps'; these are the same.
-PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "e2fsprogs"]
+PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "e2fsprogs", "socat"]
 BUSYBOX = "/bin/busybox"
 # The modules the outer VM loads: virtio-9p for the shares, and KVM on AMD
 # (irqbypass, ccp, kvm, kvm_amd come by dependency).

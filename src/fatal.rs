@@ -100,9 +100,16 @@ pub fn exit_with(line: &[u8], code: u8) -> ! {
 /// status. A panic is a bug in kvmini; it never shows a user a backtrace.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let text = info.to_string();
-        let text: Vec<&str> = text.lines().map(str::trim).collect();
-        let line = format!("kvmini: internal error: {}\n", text.join(" "));
+        // std panics where its own mappings fail (a new thread's signal
+        // stack, for one): out of memory too, said as such.
+        let message = info.payload_as_str().unwrap_or("");
+        let line = if message.contains("Cannot allocate memory") {
+            format!("kvmini: error: out of memory ({message})\n")
+        } else {
+            let text = info.to_string();
+            let text: Vec<&str> = text.lines().map(str::trim).collect();
+            format!("kvmini: internal error: {}\n", text.join(" "))
+        };
         exit_with(line.as_bytes(), status::INTERNAL_ERROR);
     }));
 }

@@ -221,3 +221,168 @@ fn a_reader_that_stops_reading_never_outlives_the_timeout_or_sigterm() {
         assert_eq!(r.status, Some(143), "{args:?}: {}", r.stderr);
     }
 }
+
+/// Starts `kvmini ARGS` in the background, waiting until `sock` exists.
+fn spawn_listening(args: &[&str], sock: &std::path::Path) -> std::process::Child {
+    let child = Command::new(KVMINI)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "kvmini never listened on {sock:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
+/// Connects to `sock` and reads until `want` arrives (or 20 s pass).
+fn client_sees(sock: &std::path::Path, want: &str) -> String {
+    use std::io::Read;
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match c.read(&mut buf) {
+            Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn a_socket_in_use_is_refused_and_the_first_vm_stays_reachable() {
+    let dir = TempDir::new("sock-busy");
+    let sock = dir.path("vm.sock");
+    let s = format!("socket={}", sock.display());
+    let mut first = spawn_listening(
+        &["--serial", &s, "--cmdline", "echo", "--timeout", "30s"],
+        &sock,
+    );
+    let r = kvmini(&["--serial", &s, "--cmdline", "exit=0"]);
+    r.assert_no_panic();
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--serial socket=") && r.stderr.contains("in use"),
+        "{}",
+        r.stderr
+    );
+    // The refused run neither took the path nor deleted it.
+    assert!(client_sees(&sock, "echo ready").contains("echo ready"));
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn sockets_that_cannot_be_ours_are_refused() {
+    let dir = TempDir::new("sock-bad");
+    // Two ports on one path: the second finds the first listening.
+    let sock = dir.path("vm.sock");
+    let s = format!("socket={}", sock.display());
+    let r = kvmini(&["--serial", &s, "--serial2", &s, "--cmdline", "exit=0"]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--serial2 socket=") && r.stderr.contains("in use"),
+        "{}",
+        r.stderr
+    );
+    // A path that is a file is not replaced.
+    let file = dir.path("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let r = kvmini(&["--serial", &format!("socket={}", file.display())]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("not a socket"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    // A path too long for sun_path says the limit.
+    let long = format!("socket=/tmp/{}", "s".repeat(120));
+    let r = kvmini(&["--serial", &long]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("shorter than 108"), "{}", r.stderr);
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn a_stale_socket_is_replaced() {
+    let dir = TempDir::new("sock-stale");
+    let sock = dir.path("vm.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let s = format!("socket={}", sock.display());
+    let r = kvmini(&["--serial", &s, "--cmdline", "exit=0"]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+}
+
+/// `kvmini ARGS` under `ulimit -n N`, in the background.
+fn spawn_with_fd_limit(n: u32, args: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", &format!("ulimit -n {n} && exec {KVMINI} {args}")])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn a_socket_client_is_served_with_every_descriptor_in_use() {
+    let dir = TempDir::new("sock-emfile");
+    let sock = dir.path("vm.sock");
+    let args = |t: &str| {
+        format!(
+            "--serial socket='{}' --cmdline echo --timeout {t}",
+            sock.display()
+        )
+    };
+    // The fewest descriptors kvmini can set the VM up with: then the
+    // client's connection needs one more than there is.
+    let runs = |n: u32| {
+        let out = spawn_with_fd_limit(n, &args("300ms"))
+            .wait_with_output()
+            .unwrap();
+        out.status.code() == Some(5)
+    };
+    let (mut lo, mut hi) = (3u32, 64u32);
+    assert!(runs(hi), "kvmini does not run with 64 descriptors");
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if runs(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let mut vm = spawn_with_fd_limit(hi, &args("30s"));
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed().as_secs() < 20, "kvmini never listened");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let seen = client_sees(&sock, "echo ready");
+    let _ = vm.kill();
+    let _ = vm.wait();
+    assert!(
+        seen.contains("echo ready"),
+        "ulimit -n {hi}: the client got {seen:?}"
+    );
+}

@@ -56,7 +56,88 @@ pub enum Backend {
         listener: UnixListener,
         path: PathBuf,
         client: Option<UnixStream>,
+        /// A spare descriptor (a duplicate of the listener), given up when
+        /// accept fails for want of descriptors, so that the waiting
+        /// client can still be taken.
+        reserve: Option<OwnedFd>,
+        /// After an accept that failed anyway, the listener is not polled
+        /// until then (it stays readable: polling it would spin).
+        paused_until: Option<std::time::Instant>,
     },
+}
+
+/// How long the listener rests after an accept that failed.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A Unix socket path's limit (sun_path, NUL included).
+const SUN_PATH_MAX: usize = 108;
+
+/// Whether something listens on the socket at `path`. kvmini binds its
+/// sockets by absolute path, so another kvmini's listener is found in
+/// /proc/net/unix without connecting to it (a connection would be taken
+/// as its client and be given its boot log). Anything else is asked with
+/// a non-blocking connect: accepted or queued (EAGAIN: a full backlog)
+/// means a listener; ECONNREFUSED means the socket is stale.
+fn listened_on(path: &Path) -> io::Result<bool> {
+    if let Ok(abs) = std::path::absolute(path) {
+        if listed_as_listening(&abs) {
+            return Ok(true);
+        }
+    }
+    connect_probe(path)
+}
+
+/// True if /proc/net/unix lists a listening socket bound to `path`
+/// (flags __SO_ACCEPTCON).
+fn listed_as_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = path.as_os_str().as_encoded_bytes();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() == 8 && fields[3] == "00010000" && fields[7].as_bytes() == want
+    })
+}
+
+fn connect_probe(path: &Path) -> io::Result<bool> {
+    // SAFETY: socket(2) returns a new descriptor or -1.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: fd is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: a valid sockaddr_un of the given size.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => Ok(true),
+        Some(libc::ECONNREFUSED) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 /// Most bytes written to a pipe or terminal at once after poll said it is
@@ -173,19 +254,43 @@ impl Backend {
                     path: path.clone(),
                     source,
                 };
-                // A stale socket from an earlier run would make bind fail.
-                if std::fs::symlink_metadata(path)
-                    .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                    .unwrap_or(false)
-                {
+                let len = path.as_os_str().len();
+                if len >= SUN_PATH_MAX {
+                    return Err(err(io::Error::other(format!(
+                        "the path is {len} bytes; a Unix socket's path must be shorter \
+                         than {SUN_PATH_MAX} (use a shorter or relative path)"
+                    ))));
+                }
+                // Only a stale socket from an earlier run is replaced: one
+                // that something listens on is in use, and anything else
+                // is not kvmini's to delete.
+                if let Ok(m) = std::fs::symlink_metadata(path) {
+                    if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
+                        return Err(err(io::Error::other("the path exists and is not a socket")));
+                    }
+                    if listened_on(path).map_err(err)? {
+                        return Err(err(io::Error::other(
+                            "in use: something is listening on it (another kvmini?)",
+                        )));
+                    }
                     let _ = std::fs::remove_file(path);
                 }
-                let listener = UnixListener::bind(path).map_err(err)?;
+                // Bound by absolute path where it fits, so that another
+                // kvmini finds it listed (see listened_on).
+                let bind_path = std::path::absolute(path)
+                    .ok()
+                    .filter(|a| a.as_os_str().len() < SUN_PATH_MAX)
+                    .unwrap_or_else(|| path.clone());
+                let listener = UnixListener::bind(&bind_path).map_err(err)?;
                 listener.set_nonblocking(true).map_err(err)?;
+                let reserve = listener.as_fd().try_clone_to_owned().ok();
+                eprintln!("kvmini: {flag} is listening on {}", path.display());
                 Backend::Socket {
                     listener,
                     path: path.clone(),
                     client: None,
+                    reserve,
+                    paused_until: None,
                 }
             }
         })
@@ -252,8 +357,23 @@ impl Backend {
             Backend::Socket {
                 listener,
                 client: None,
+                paused_until,
                 ..
-            } => Some(listener.as_raw_fd()),
+            } if paused_until.is_none_or(|t| t <= std::time::Instant::now()) => {
+                Some(listener.as_raw_fd())
+            }
+            _ => None,
+        }
+    }
+
+    /// When a paused listener should be polled again.
+    pub fn wake_at(&self) -> Option<std::time::Instant> {
+        match self {
+            Backend::Socket {
+                client: None,
+                paused_until,
+                ..
+            } => paused_until.filter(|&t| t > std::time::Instant::now()),
             _ => None,
         }
     }
@@ -262,13 +382,42 @@ impl Backend {
     /// output buffer and goes to it next.
     pub fn accept(&mut self) {
         if let Backend::Socket {
-            listener, client, ..
+            listener,
+            client,
+            reserve,
+            paused_until,
+            ..
         } = self
         {
-            if let Ok((c, _)) = listener.accept() {
-                if c.set_nonblocking(true).is_ok() {
-                    log::info!("serial socket client connected");
-                    *client = Some(c);
+            if reserve.is_none() {
+                // The client the spare made room for has gone since.
+                *reserve = listener.as_fd().try_clone_to_owned().ok();
+            }
+            let mut accepted = listener.accept();
+            if let Err(e) = &accepted {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    && reserve.is_some()
+                {
+                    // Out of descriptors: the spare one makes room for
+                    // this client (and is taken again when it can be).
+                    *reserve = None;
+                    accepted = listener.accept();
+                }
+            }
+            match accepted {
+                Ok((c, _)) => {
+                    *paused_until = None;
+                    if c.set_nonblocking(true).is_ok() {
+                        log::info!("serial socket client connected");
+                        *client = Some(c);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    if paused_until.is_none() {
+                        log::warn!("serial socket: cannot accept a client: {e}; retrying");
+                    }
+                    *paused_until = Some(std::time::Instant::now() + ACCEPT_PAUSE);
                 }
             }
         }

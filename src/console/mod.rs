@@ -583,7 +583,13 @@ impl Subscriber for ConsoleLoop<'_> {
     }
 
     fn wake_at(&self) -> Option<Instant> {
-        self.flowing.then(|| Instant::now() + BATCH_TICK)
+        let tick = self.flowing.then(|| Instant::now() + BATCH_TICK);
+        self.console
+            .ports
+            .iter()
+            .filter_map(|p| p.backend.wake_at())
+            .chain(tick)
+            .min()
     }
 
     fn after_wait(&mut self, control: &VmControl) {
