@@ -11,6 +11,20 @@ use kvmini::{cli::Args, status};
 #[global_allocator]
 static ALLOCATOR: kvmini::fatal::Allocator = kvmini::fatal::Allocator;
 
+/// Blocks the stop signals as the first code of kvmini's own to run (a
+/// constructor, before Rust's runtime starts and before main), so that a
+/// signal in the first milliseconds waits for the signalfd instead of
+/// ending kvmini without its last line (see console::block_stop_signals).
+/// Only the C library's own start-up comes before it.
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_STOP_SIGNALS_FIRST: extern "C" fn() = {
+    extern "C" fn block() {
+        let _ = kvmini::console::block_stop_signals();
+    }
+    block
+};
+
 fn main() -> ExitCode {
     // Whatever happens, leave the terminal as we found it, and never show
     // a user a backtrace: one line, then the internal-error status.

@@ -55,7 +55,8 @@ pub const TABLE: &[Row] = &[
     },
     Row {
         status: "128+N",
-        meaning: "stopped by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP; \
+        meaning: "stopped by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, also SIGQUIT, \
+                  SIGUSR1, SIGUSR2 and SIGALRM; \
                   Ctrl-A x on the console counts as SIGINT",
     },
 ];
@@ -142,6 +143,10 @@ fn signal_name(sig: i32) -> String {
         libc::SIGINT => "SIGINT".into(),
         libc::SIGTERM => "SIGTERM".into(),
         libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        libc::SIGUSR1 => "SIGUSR1".into(),
+        libc::SIGUSR2 => "SIGUSR2".into(),
+        libc::SIGALRM => "SIGALRM".into(),
         other => other.to_string(),
     }
 }

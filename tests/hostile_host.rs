@@ -386,3 +386,59 @@ fn a_socket_client_is_served_with_every_descriptor_in_use() {
         "ulimit -n {hi}: the client got {seen:?}"
     );
 }
+
+/// Starts `kvmini ARGS`, sends `sig` after `after`, and returns the run.
+fn signalled(args: &[&str], sig: i32, after: std::time::Duration) -> Run {
+    let child = Command::new(KVMINI)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    child.wait_with_output().unwrap().into()
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn every_termination_signal_ends_kvmini_with_its_last_line() {
+    let spin = ["--cmdline", "spin", "--timeout", "30s"];
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+    ] {
+        // While the guest runs, and while kvmini is still starting (a few
+        // milliseconds in: kvmini's own code blocks the signals before
+        // Rust's runtime starts; only exec and the C library's start-up
+        // come before, see the README).
+        for after_ms in [300, 5, 2] {
+            let r = signalled(&spin, sig, std::time::Duration::from_millis(after_ms));
+            assert_eq!(
+                r.status,
+                Some(128 + sig),
+                "{name} after {after_ms} ms: {}",
+                r.stderr
+            );
+            assert_eq!(
+                r.last_stderr_line(),
+                format!(
+                    "kvmini: stopped by signal {name} (exit status {})",
+                    128 + sig
+                ),
+                "{name} after {after_ms} ms"
+            );
+        }
+    }
+}

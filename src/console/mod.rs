@@ -63,12 +63,21 @@ impl Stdin {
     }
 }
 
-/// Signals the console turns into a clean stop.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals the console turns into a clean stop: the ones that end a
+/// process by default and that users and supervisors send (timeout(1)
+/// sends SIGTERM, a terminal SIGHUP, a CI runner SIGUSR1 or SIGALRM at
+/// times). SIGPIPE is ignored by Rust's runtime (a write then fails).
+const STOP_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+];
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and threads it
-/// spawns later) and returns a signalfd that reports them.
-pub fn signal_fd() -> io::Result<OwnedFd> {
+fn stop_signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t for the calls below.
@@ -78,11 +87,31 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
             libc::sigaddset(&mut set, s);
         }
     }
+    set
+}
+
+/// Blocks the stop signals in the calling thread and the threads it
+/// spawns later. main calls it first of all, so that a signal that comes
+/// while kvmini sets up waits, pending, for [`signal_fd`] to report it,
+/// instead of ending kvmini without its last line. SIGXFSZ is ignored: a
+/// file past the size limit then fails its write, which kvmini reports.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_signal_set();
     // SAFETY: valid set pointer; the old mask is not needed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
+    // SAFETY: SIG_IGN for SIGXFSZ installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    Ok(())
+}
+
+/// Blocks the stop signals (see [`block_stop_signals`]) and returns a
+/// signalfd that reports them, those already pending included.
+pub fn signal_fd() -> io::Result<OwnedFd> {
+    block_stop_signals()?;
+    let set = stop_signal_set();
     // SAFETY: valid set pointer; a new descriptor is returned or -1.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
     if fd < 0 {
