@@ -556,11 +556,22 @@ impl Vmm {
         };
         let mut console_loop = ConsoleLoop::new(console, &self.wiring, on_heavy_output);
         let mut stop = event_loop::Stop(&self.control);
+        // Batched writes are drained by a vCPU thread; one is kicked every
+        // tick so none waits for the guest's next exit (vcpu::coalesced).
+        let kick_one = || {
+            if let Vcpus::Started(threads) = &self.vcpus {
+                if let Some(t) = threads.first() {
+                    t.handle.kick();
+                }
+            }
+        };
+        let mut ring_tick = vcpu::coalesced::RingTick::new(coalescing, &kick_one);
         event_loop::run(
             &mut [
                 &mut stop,
                 &mut loop_state.signals,
                 &mut loop_state.timeout,
+                &mut ring_tick,
                 &mut console_loop,
             ],
             &self.control,

@@ -442,3 +442,32 @@ fn every_termination_signal_ends_kvmini_with_its_last_line() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn until_sees_output_batched_in_the_ring_though_the_guest_never_exits_again() {
+    // After 4 KiB without an irqchip COM1's writes are batched in KVM's
+    // ring; this guest's last line ("flood done\n") is written there and
+    // then it spins without a single exit. The match must come without
+    // waiting for an exit that never comes: well before the 120 s timeout
+    // (the test gives up after 30 s).
+    for until in ["flood done\n", "done\n"] {
+        let r = kvmini_within(
+            &[
+                "--cmdline",
+                "flood=20000 then-spin",
+                "--until",
+                until,
+                "--timeout",
+                "120s",
+            ],
+            std::time::Duration::from_secs(30),
+            None,
+        );
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+        assert!(r.last_stderr_line().contains("matched"), "{}", r.stderr);
+    }
+}

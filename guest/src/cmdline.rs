@@ -1,6 +1,7 @@
 //! Command-line parsing: space-separated words; the first word that is a mode
-//! selects it (no mode word: hello); `seed=S` and `ops=N` are options that may
-//! appear anywhere (first occurrence wins); every other word is ignored.
+//! selects it (no mode word: hello); `seed=S`, `ops=N` and `then-spin` are
+//! options that may appear anywhere (first occurrence wins); every other word
+//! is ignored.
 //! Numbers are decimal u64; a word whose number does not parse (or, for
 //! `exit=`, exceeds 255) is not a mode word and is ignored like any unknown word.
 
@@ -30,6 +31,9 @@ pub struct Args {
     pub seed: u64,
     /// `ops=N` for chaos (default 400).
     pub ops: u64,
+    /// `then-spin` for flood: print "\nflood done\n" and spin instead of
+    /// exiting.
+    pub then_spin: bool,
 }
 
 pub const DEFAULT_CHAOS_OPS: u64 = 400;
@@ -87,6 +91,7 @@ pub fn parse(cmdline: &[u8]) -> Args {
     let mut mode = None;
     let mut seed = None;
     let mut ops = None;
+    let mut then_spin = false;
     for word in cmdline.split(|&c| c == b' ').filter(|w| !w.is_empty()) {
         if mode.is_none() {
             mode = mode_of(word);
@@ -97,10 +102,12 @@ pub fn parse(cmdline: &[u8]) -> Args {
         if ops.is_none() {
             ops = kv(word, b"ops");
         }
+        then_spin |= word == b"then-spin";
     }
     Args {
         mode: mode.unwrap_or(Mode::Hello),
         seed: seed.unwrap_or(0),
         ops: ops.unwrap_or(DEFAULT_CHAOS_OPS),
+        then_spin,
     }
 }

@@ -12,7 +12,8 @@
 //!               (M = RAM entries summed, rounded up to MiB; `rep outsb` per piece)
 //!   exit=N      exit with status N (0..=255), no output
 //!   echo        "echo ready\n", then echo COM1 input back until Ctrl-D (0x04), exit 0
-//!   flood=N     N pattern bytes on COM1 (seed=S), LSR-polled per byte, exit 0
+//!   flood=N     N pattern bytes on COM1 (seed=S), LSR-polled per byte, exit 0;
+//!               with `then-spin`: "\nflood done\n", then spin (no exit at all)
 //!   fault       triple fault (IDT limit 0, then ud2)
 //!   spin        `jmp .` forever, no exits
 //!   halt        `cli; hlt` forever
@@ -61,7 +62,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Hello => hello(&boot),
         Mode::Exit(n) => io::exit(n),
         Mode::Echo => echo(),
-        Mode::Flood(n) => flood(n, args.seed),
+        Mode::Flood(n) => flood(n, args.seed, args.then_spin),
         Mode::Fault => fault(),
         Mode::Spin => spin(),
         Mode::Halt => io::halt_forever(),
@@ -109,7 +110,7 @@ fn echo() -> ! {
 ///     else: state ^= state << 13; state ^= state >> 7; state ^= state << 17
 ///           emit b'a' + (state % 26)          (u64, shifts drop bits)
 /// Each byte is preceded by a 1-byte LSR read polling THRE, like a driver.
-fn flood(n: u64, seed: u64) -> ! {
+fn flood(n: u64, seed: u64, then_spin: bool) -> ! {
     let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
     for i in 0..n {
         let b = if i % 65 == 64 {
@@ -121,6 +122,12 @@ fn flood(n: u64, seed: u64) -> ! {
             b'a' + (state % 26) as u8
         };
         io::putc(COM1, b);
+    }
+    if then_spin {
+        for &b in b"\nflood done\n" {
+            io::putc(COM1, b);
+        }
+        spin()
     }
     io::exit(0)
 }

@@ -16,12 +16,70 @@
 //! is drained before any exit is handled (an exit's data stays in the
 //! kvm_run mapping meanwhile, detached as a [`RawExit`] from the borrow of
 //! the vCPU fd that the drain needs) and once more when the vCPU stops, so
-//! no batched byte is lost or overtaken by a later unbatched access.
+//! no batched byte is lost or overtaken by a later unbatched access; and
+//! a vCPU is kicked every [`RING_TICK`] while batching is on, so no byte
+//! waits in the ring longer than that for the guest's next exit.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 
 use super::exit::Exit;
 use crate::bus::Bus;
+use crate::control::VmControl;
+use crate::event_loop::{Interest, Subscriber};
+
+/// The longest a batched write waits in the ring when the guest makes no
+/// exit of its own (a guest that prints its last line and then computes):
+/// every tick the console thread kicks a vCPU, whose thread drains the
+/// ring on the way back into the guest. The watchers (`--until`,
+/// `--fail-on`) and the back ends therefore see every byte within about
+/// this long; the cost is one exit per tick, and only once batching is on.
+pub const RING_TICK: Duration = Duration::from_millis(10);
+
+/// The main thread's part of the guarantee above: while `batching` is on,
+/// calls `kick` every [`RING_TICK`].
+pub struct RingTick<'a> {
+    pub batching: &'a Cell<bool>,
+    pub kick: &'a dyn Fn(),
+    next: Option<Instant>,
+}
+
+impl<'a> RingTick<'a> {
+    pub fn new(batching: &'a Cell<bool>, kick: &'a dyn Fn()) -> Self {
+        Self {
+            batching,
+            kick,
+            next: None,
+        }
+    }
+}
+
+impl Subscriber for RingTick<'_> {
+    fn prepare(&mut self, _: &VmControl) {
+        if !self.batching.get() {
+            return;
+        }
+        let now = Instant::now();
+        match self.next {
+            Some(t) if t > now => {}
+            Some(_) => {
+                (self.kick)();
+                self.next = Some(now + RING_TICK);
+            }
+            None => self.next = Some(now + RING_TICK),
+        }
+    }
+
+    fn interest(&self, _: &mut Interest) {}
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.next.filter(|_| self.batching.get())
+    }
+
+    fn ready(&mut self, _: u32, _: libc::c_short, _: &VmControl) {}
+}
 
 /// Lets KVM batch writes to `port` in the ring instead of exiting for each.
 pub fn batch_port_writes(vm: &VmFd, port: u16) -> Result<(), kvm_ioctls::Error> {
