@@ -883,12 +883,15 @@ pub fn plan_devices(
         let irq_evt = devices.legacy_irq(name, irq)?;
         let rx_ready = EventFd::new(EFD_NONBLOCK).map_err(Error::Console)?;
         let queue = Arc::new(OutQueue::new().map_err(Error::Console)?);
-        let device = Arc::new(Mutex::new(SerialDevice::new(
-            name,
-            irq_evt,
-            rx_ready.try_clone().map_err(Error::Console)?,
-            Box::new(QueueWriter::new(queue.clone(), trace.clone())),
-        )));
+        let device = Arc::new(Mutex::new(
+            SerialDevice::new(
+                name,
+                irq_evt,
+                rx_ready.try_clone().map_err(Error::Console)?,
+                Box::new(QueueWriter::new(queue.clone(), trace.clone())),
+            )
+            .map_err(Error::Console)?,
+        ));
         devices.add_port_device(name, device.clone(), port, UART_PORT_COUNT)?;
         wiring.push(Wiring {
             device,

@@ -1351,3 +1351,36 @@ fn stdio_output_is_live_while_the_guest_runs() {
     let r = s.finish();
     assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn input_refused_in_loopback_is_offered_again_when_loopback_ends() {
+    // The guest says "loopback on", enters loopback at once (the UART then
+    // takes no input), leaves it and only polls LSR: the input, released by
+    // --input-after while loopback was on, must still arrive.
+    let dir = TempDir::new("loopback");
+    let input = dir.path("in");
+    std::fs::write(&input, b"hi\x04").unwrap();
+    let input = input.display().to_string();
+    for irqchip in ["off", "on"] {
+        for _ in 0..4 {
+            let r = kvmini(&[
+                "--cmdline",
+                "loopback",
+                "--irqchip",
+                irqchip,
+                "--input",
+                &input,
+                "--input-after",
+                "loopback on",
+                "--timeout",
+                "30s",
+            ]);
+            assert_eq!(r.status, Some(0), "--irqchip {irqchip}: {}", r.stderr);
+            assert_eq!(r.stdout_str(), "loopback on\nhi");
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub enum Mode {
     Panic,
     Post,
     Blk,
+    Loopback,
 }
 
 pub struct Args {
@@ -73,6 +74,7 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"panic" => Mode::Panic,
         b"post" => Mode::Post,
         b"blk" => Mode::Blk,
+        b"loopback" => Mode::Loopback,
         _ => {
             if let Some(n) = kv(word, b"exit") {
                 Mode::Exit(u8::try_from(n).ok()?)

@@ -29,6 +29,8 @@
 //!   post        writes POST codes 0x01, 0x02, 0x03 to port 0x80, exit 0
 //!   blk         a virtio-blk driver: capacity, sector 0, writes, flushes and
 //!               reads back sector 1, a read past the end (see blk.rs), exit 0
+//!   loopback    "loopback on\n", then COM1 in loopback (MCR bit 4) for 20000
+//!               scratch-register reads, then silently echoes like `echo`
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
 //!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
 //! Exit status N = 1-byte `out 0xf4` (isa-debug-exit; QEMU reports (N<<1)|1),
@@ -75,6 +77,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Panic => reboot(b"Kernel panic - not syncing: tiny guest asked for it\n"),
         Mode::Post => post(),
         Mode::Blk => blk::run(),
+        Mode::Loopback => loopback(),
     }
 }
 
@@ -93,8 +96,30 @@ fn hello(boot: &bootinfo::BootInfo) -> ! {
     io::exit(0)
 }
 
+/// Puts COM1 in loopback for a while right after saying so, then echoes:
+/// input offered meanwhile must still arrive once loopback is off.
+fn loopback() -> ! {
+    io::puts(COM1, b"loopback on\n");
+    io::outb(COM1 + io::MCR, io::inb(COM1 + io::MCR) | MCR_LOOP);
+    for _ in 0..20000 {
+        io::inb(COM1 + io::SCR);
+    }
+    io::outb(COM1 + io::MCR, io::inb(COM1 + io::MCR) & !MCR_LOOP);
+    // Silent from here until input comes: only LSR polls, nothing that
+    // would wake the console by itself.
+    echo_loop()
+}
+
+/// MCR bit 4: loopback.
+const MCR_LOOP: u8 = 0x10;
+
 fn echo() -> ! {
     io::puts(COM1, b"echo ready\n");
+    echo_loop()
+}
+
+/// Echoes COM1 input back until Ctrl-D, then exits 0.
+fn echo_loop() -> ! {
     loop {
         match io::getc(COM1) {
             0x04 => io::exit(0), // Ctrl-D

@@ -44,18 +44,29 @@ pub struct SerialDevice {
     uart: Serial<IrqTrigger, RxReady, SerialWriter>,
     name: &'static str,
     write_failed: bool,
+    /// The console's "room for input" eventfd, also written when the guest
+    /// takes the UART out of loopback (vm-superio refuses input in it).
+    rx_ready: EventFd,
+    /// MCR's loopback bit as the guest last wrote it.
+    loopback: bool,
 }
 
 impl SerialDevice {
-    pub fn new(name: &'static str, irq: EventFd, rx_ready: EventFd, out: SerialWriter) -> Self {
-        Self {
+    pub fn new(
+        name: &'static str,
+        irq: EventFd,
+        rx_ready: EventFd,
+        out: SerialWriter,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            rx_ready: rx_ready.try_clone()?,
             uart: Serial::with_events(IrqTrigger(irq), RxReady(rx_ready), out),
             name,
             write_failed: false,
-        }
+            loopback: false,
+        })
     }
 
-    /// Free space in the input FIFO.
     pub fn fifo_room(&self) -> usize {
         self.uart.fifo_capacity()
     }
@@ -86,7 +97,16 @@ impl BusDevice for SerialDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         for (i, byte) in data.iter().enumerate() {
-            if let Err(e) = self.uart.write((offset + i as u64) as u8, *byte) {
+            let reg = (offset + i as u64) as u8;
+            if reg == MCR && self.loopback && byte & MCR_LOOP == 0 {
+                // Input refused while in loopback can be taken now: wake
+                // the console to offer it again.
+                let _ = self.rx_ready.write(1);
+            }
+            if reg == MCR {
+                self.loopback = byte & MCR_LOOP != 0;
+            }
+            if let Err(e) = self.uart.write(reg, *byte) {
                 // Output that cannot be written (a closed pipe, a full
                 // disk) is dropped; the guest keeps running. Say so once.
                 if !self.write_failed {
@@ -138,6 +158,7 @@ const SCR: u8 = 7;
 const LCR_8N1: u8 = 0x03;
 const LCR_DLAB: u8 = 0x80;
 const MCR_OUT2: u8 = 0x08;
+const MCR_LOOP: u8 = 0x10;
 const LSR_DATA_READY: u8 = 0x01;
 /// vm-superio's default divisor (9600 baud).
 const DEFAULT_DIVISOR_LOW: u8 = 0x0c;
@@ -171,7 +192,8 @@ mod tests {
             irq.try_clone().unwrap(),
             rx.try_clone().unwrap(),
             Box::new(cap.clone()),
-        );
+        )
+        .unwrap();
         (d, cap, irq, rx)
     }
 
