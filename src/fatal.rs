@@ -10,6 +10,7 @@
 //! starts: a heap allocation that fails ends the process here instead.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{console, status};
 
@@ -88,6 +89,24 @@ fn decimal(mut v: usize, buf: &mut [u8; 20]) -> &[u8] {
 /// Restores the terminal, writes `line` (newline included) to stderr in
 /// one write(2) and ends the process with `code`, running no exit handler.
 pub fn exit_with(line: &[u8], code: u8) -> ! {
+    // One way out, one line: when two threads fail at once (both out of
+    // memory, say), the second waits for the first to end the process.
+    static LEAVING: AtomicU32 = AtomicU32::new(0);
+    if LEAVING.swap(1, Ordering::SeqCst) != 0 {
+        loop {
+            // SAFETY: futex(2) FUTEX_WAIT on a static word that stays 1:
+            // sleeps until the process ends (a wake-up only loops).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    LEAVING.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    1u32,
+                    std::ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+    }
     console::restore_terminal();
     // SAFETY: fd 2 and a valid buffer of line.len() bytes; a failed write
     // changes nothing about leaving.

@@ -233,9 +233,13 @@ fn kernel_random_bytes() {
 fn kernel_truncated_elf() {
     let dir = TempDir::new("ktrunc");
     let elf = tiny_guest_elf();
-    for len in [10, 100, 1000] {
+    for (len, says) in [
+        (10, "invalid or truncated"),
+        (100, "beyond the end of the file"),
+        (1000, "truncated image"),
+    ] {
         let k = write(&dir, &format!("trunc{len}"), &elf[..len]);
-        assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "invalid or truncated"]);
+        assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, says]);
     }
 }
 
@@ -264,10 +268,10 @@ fn kernel_32_bit_elf() {
 )]
 fn kernel_bzimage_with_corrupted_header() {
     let dir = TempDir::new("kbz");
-    let mut bz = vec![0u8; 0x4000];
-    bz[0x202..0x206].copy_from_slice(b"HdrS");
-    bz[0x1f1] = 4; // setup_sects
-                   // boot_flag (0x1fe) left zero instead of 0xaa55: corrupt.
+    // A header that passes kvmini's own checks (validate.rs) but whose
+    // boot_flag (0x1fe) is zero instead of 0xaa55: linux-loader's refusal.
+    let mut bz = bzimage(0x020f, 1, 5 * 512 + (1 << 20));
+    bz[0x1fe] = 0;
     let k = write(&dir, "bzImage", &bz);
     assert_error(
         &kvmini(&["--kernel", &k]),
@@ -284,9 +288,14 @@ fn kernel_bzimage_with_corrupted_header() {
 fn kernel_that_does_not_fit_in_memory() {
     let dir = TempDir::new("kbig");
     let mut elf = tiny_guest_elf();
-    // Move the first program header's physical address to 100 MiB.
+    // Move the first program header's physical address, and the entry
+    // with it, to 100 MiB.
     let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
-    elf[phoff + 0x18..phoff + 0x20].copy_from_slice(&(100u64 << 20).to_le_bytes());
+    let paddr = u64::from_le_bytes(elf[phoff + 0x18..phoff + 0x20].try_into().unwrap());
+    let entry = u64::from_le_bytes(elf[0x18..0x20].try_into().unwrap());
+    let moved = 100u64 << 20;
+    elf[phoff + 0x18..phoff + 0x20].copy_from_slice(&moved.to_le_bytes());
+    elf[0x18..0x20].copy_from_slice(&(entry - paddr + moved).to_le_bytes());
     let k = write(&dir, "high", &elf);
     assert_error(
         &kvmini(&["--kernel", &k, "--memory", "32M"]),
@@ -305,7 +314,123 @@ fn kernel_entry_below_1m() {
     let mut elf = tiny_guest_elf();
     elf[0x18..0x20].copy_from_slice(&0x1000u64.to_le_bytes()); // e_entry
     let k = write(&dir, "lowentry", &elf);
-    assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "invalid"]);
+    assert_error(
+        &kvmini(&["--kernel", &k]),
+        2,
+        &[&k, "entry point 0x1000 lies outside every segment"],
+    );
+}
+
+/// A bzImage whose setup header says boot protocol `version`, `xloadflags`,
+/// setup_sects 4 and a kernel of 1 MiB (syssize); `len` bytes long.
+fn bzimage(version: u16, xloadflags: u16, len: usize) -> Vec<u8> {
+    let mut bz = vec![0u8; len];
+    bz[0x1f1] = 4;
+    bz[0x1f4..0x1f8].copy_from_slice(&((1u32 << 20) / 16).to_le_bytes());
+    bz[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    bz[0x211] = 1; // loadflags: LOADED_HIGH
+    bz[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+    bz
+}
+
+#[test]
+fn bzimages_kvmini_cannot_boot_are_refused_before_the_vm_starts() {
+    let dir = TempDir::new("kbzrules");
+    let full = 5 * 512 + (1 << 20);
+    for (name, bz, says) in [
+        (
+            "short",
+            bzimage(0x020f, 1, 4096),
+            "truncated: its setup header says",
+        ),
+        ("cut", bzimage(0x020f, 1, full - 1), "truncated"),
+        ("bit32", bzimage(0x020f, 0, full), "a 32-bit kernel"),
+        (
+            "old",
+            bzimage(0x0206, 1, full),
+            "boot protocol 2.06 is older than 2.12",
+        ),
+        (
+            "header",
+            bzimage(0x020f, 1, 0x240),
+            "ends inside its setup header",
+        ),
+    ] {
+        let k = write(&dir, name, &bz);
+        assert_error(
+            &kvmini(&["--kernel", &k]),
+            2,
+            &[&k, "BzImage image refused", says],
+        );
+    }
+    // The first 64 KiB of the host's own kernel, where there is one.
+    if let Some(real) = std::fs::read_dir("/boot")
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("vmlinuz"))
+        .and_then(|p| std::fs::read(p).ok())
+    {
+        let k = write(&dir, "vmlinuz-64k", &real[..real.len().min(65536)]);
+        assert_error(&kvmini(&["--kernel", &k]), 2, &[&k, "truncated"]);
+    }
+}
+
+/// The tiny guest's ELF with program header `i`'s field at `off` set.
+fn with_phdr_field(elf: &mut [u8], i: usize, off: usize, v: u64) {
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let at = phoff + i * 56 + off;
+    elf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn elf_kernels_that_break_the_layout_are_refused_before_the_vm_starts() {
+    let dir = TempDir::new("kelfrules");
+    let base = tiny_guest_elf();
+    let phoff = u64::from_le_bytes(base[0x20..0x28].try_into().unwrap()) as usize;
+    let entry = u64::from_le_bytes(base[0x18..0x20].try_into().unwrap());
+    let paddr = u64::from_le_bytes(base[phoff + 0x18..phoff + 0x20].try_into().unwrap());
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    // No program headers at all.
+    let mut e = base.clone();
+    e[0x38..0x3a].copy_from_slice(&0u16.to_le_bytes());
+    cases.push(("nophdr", e, "no program headers"));
+    // A segment (and the entry) over kvmini's low-memory boot data.
+    let mut e = base.clone();
+    with_phdr_field(&mut e, 0, 0x18, 0x7000);
+    e[0x18..0x20].copy_from_slice(&(entry - paddr + 0x7000).to_le_bytes());
+    cases.push(("low", e, "below 1 MiB"));
+    // More bytes in the file than in memory.
+    let mut e = base.clone();
+    let memsz = u64::from_le_bytes(base[phoff + 0x28..phoff + 0x30].try_into().unwrap());
+    with_phdr_field(&mut e, 0, 0x20, memsz + 1);
+    cases.push(("filesz", e, "in the file but only"));
+    // In the MMIO hole.
+    let mut e = base.clone();
+    with_phdr_field(&mut e, 0, 0x18, 0xc000_0000);
+    e[0x18..0x20].copy_from_slice(&(entry - paddr + 0xc000_0000).to_le_bytes());
+    cases.push(("hole", e, "MMIO hole"));
+    // The PVH entry outside every segment: its Xen note
+    // (namesz 4, descsz, type 18 XEN_ELFNOTE_PHYS32_ENTRY, "Xen\0", entry).
+    let mut e = base.clone();
+    let note = e
+        .windows(16)
+        .position(|w| w[..4] == [4, 0, 0, 0] && w[8..12] == [18, 0, 0, 0] && &w[12..] == b"Xen\0")
+        .expect("the tiny guest has a PVH note");
+    e[note + 16..note + 20].copy_from_slice(&0x1000u32.to_le_bytes());
+    cases.push(("pvh", e, "the PVH entry point 0x1000 lies outside"));
+    for (name, elf, says) in cases {
+        let k = write(&dir, name, &elf);
+        assert_error(
+            &kvmini(&["--kernel", &k]),
+            2,
+            &[&k, "Elf image refused", says],
+        );
+    }
 }
 
 #[test]

@@ -12,6 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::arch::layout::{HIMEM_START, MMIO_GAP_START};
 
+pub mod validate;
+
 /// The tiny guest, built from guest/ by build.rs.
 pub static TINY_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kvmini-guest.elf"));
 
@@ -79,6 +81,8 @@ pub enum Error {
     WrongArch(PathBuf, u16),
     #[error("--kernel {}: invalid or truncated {:?} image: {}", .0.display(), .1, loader_cause(.2))]
     Invalid(PathBuf, Format, linux_loader::loader::Error),
+    #[error("--kernel {}: {:?} image refused: {}", .0.display(), .1, .2)]
+    Refused(PathBuf, Format, String),
     #[error("--kernel {path}: the image ends at {end:#x}, beyond the guest's {mem:#x} bytes of memory (raise --memory)")]
     TooBig { path: PathBuf, end: u64, mem: u64 },
     #[error("--kernel {0}: has no PVH entry note, so --boot pvh cannot start it")]
@@ -145,12 +149,37 @@ pub fn detect(path: &Path, head: &[u8]) -> Result<Format, Error> {
     Err(Error::UnknownFormat(path.into()))
 }
 
+/// The checks of validate.rs for an image of `format` whose first bytes are
+/// `head`; for an ELF, its segments and the end of what it occupies.
+fn check_layout<F: Read + Seek>(
+    path: &Path,
+    format: Format,
+    head: &[u8],
+    image: &mut F,
+) -> Result<Option<(validate::ElfImage, u64)>, Error> {
+    let refused = |rule| Error::Refused(path.into(), format, rule);
+    let file_len = image
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::Read(path.into(), e))?;
+    match format {
+        Format::Elf => {
+            let elf = validate::read_elf(image).map_err(refused)?;
+            let end = validate::check_elf(&elf, file_len).map_err(refused)?;
+            Ok(Some((elf, end)))
+        }
+        Format::BzImage => {
+            validate::check_bzimage(head, file_len).map_err(refused)?;
+            Ok(None)
+        }
+    }
+}
+
 fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
     mem: &GuestMemoryMmap,
     path: &Path,
     image: &mut F,
 ) -> Result<LoadedKernel, Error> {
-    let mut head = vec![0u8; 0x210];
+    let mut head = vec![0u8; validate::SETUP_HEADER_END];
     let mut filled = 0;
     while filled < head.len() {
         match image.read(&mut head[filled..]) {
@@ -163,12 +192,15 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
     head.truncate(filled);
     let format = detect(path, &head)?;
     let mem_end = mem.last_addr().0 + 1;
-    if format == Format::Elf {
-        // Say "too big" rather than "truncated" when a segment lies beyond RAM.
-        if let Some(end) = elf_load_end(image).filter(|&end| end > mem_end) {
+    let refused = |rule| Error::Refused(path.into(), format, rule);
+    // The image against the layout first, then "too big" rather than
+    // "truncated" when it lies beyond RAM.
+    let elf = check_layout(path, format, &head, image)?;
+    if let Some((_, end)) = &elf {
+        if *end > mem_end {
             return Err(Error::TooBig {
                 path: path.into(),
-                end,
+                end: *end,
                 mem: mem_end,
             });
         }
@@ -196,44 +228,22 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
         _ => None,
     };
+    // linux-loader's kernel_end leaves out segments with nothing in the
+    // file (all zero fill): the end validate.rs found counts them.
+    let mut end = result.kernel_end;
+    if let Some((elf, elf_end)) = &elf {
+        if let Some(pvh) = pvh_entry {
+            validate::check_entry(elf, pvh, "the PVH entry point").map_err(refused)?;
+        }
+        end = end.max(*elf_end);
+    }
     Ok(LoadedKernel {
         format,
         entry64,
         pvh_entry,
-        end: result.kernel_end,
+        end,
         setup_header: result.setup_header,
     })
-}
-
-/// The highest physical address an ELF's loadable segments reach, read
-/// from its program headers; None if they cannot be read (the loader then
-/// reports the damage).
-fn elf_load_end<F: Read + Seek>(image: &mut F) -> Option<u64> {
-    const PT_LOAD: u32 = 1;
-    let mut ehdr = [0u8; 64];
-    image.seek(SeekFrom::Start(0)).ok()?;
-    image.read_exact(&mut ehdr).ok()?;
-    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().ok()?);
-    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
-    let phnum = u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]);
-    if phentsize < 56 {
-        return None;
-    }
-    let mut end = 0u64;
-    for i in 0..u64::from(phnum) {
-        let mut ph = [0u8; 56];
-        image
-            .seek(SeekFrom::Start(phoff.checked_add(i * phentsize)?))
-            .ok()?;
-        image.read_exact(&mut ph).ok()?;
-        let p_type = u32::from_le_bytes(ph[0..4].try_into().ok()?);
-        let paddr = u64::from_le_bytes(ph[0x18..0x20].try_into().ok()?);
-        let memsz = u64::from_le_bytes(ph[0x28..0x30].try_into().ok()?);
-        if p_type == PT_LOAD && memsz > 0 {
-            end = end.max(paddr.checked_add(memsz)?);
-        }
-    }
-    Some(end)
 }
 
 /// The kernel and initramfs files, opened once by [`preflight`] and kept
@@ -256,12 +266,13 @@ pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<Boot
                 return Err(Error::Directory(p.clone()));
             }
             let mut f = crate::host_file::open_regular(p).map_err(|e| Error::Read(p.clone(), e))?;
-            let mut head = Vec::with_capacity(0x210);
+            let mut head = Vec::with_capacity(validate::SETUP_HEADER_END);
             (&mut f)
-                .take(0x210)
+                .take(validate::SETUP_HEADER_END as u64)
                 .read_to_end(&mut head)
                 .map_err(|e| Error::Read(p.clone(), e))?;
-            detect(p, &head)?;
+            let format = detect(p, &head)?;
+            check_layout(p, format, &head, &mut f)?;
             Some((p.clone(), f))
         }
     };
