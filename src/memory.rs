@@ -7,10 +7,12 @@ use crate::arch::layout::{EBDA_START, HIMEM_START, MIN_MEMORY, MMIO_GAP_END, MMI
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("guest memory of {0} bytes is below the minimum of {MIN_MEMORY} bytes")]
+    #[error("{} is below the minimum of {}{}", human(*.0), human(MIN_MEMORY), suggestion(*.0))]
     TooSmall(u64),
-    #[error("guest memory of {0} bytes does not fit this host's address space")]
+    #[error("{} is above the maximum of {} (KVM's largest memory slot)", human(*.0), human(MAX_MEMORY))]
     TooLarge(u64),
+    #[error("{0} bytes is not a whole number of 4 KiB pages (KVM maps guest memory by the page)")]
+    NotPages(u64),
     #[error("cannot map {size} bytes of guest memory")]
     Mmap {
         size: u64,
@@ -79,12 +81,52 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
     map
 }
 
-/// Creates anonymous guest RAM of `size` bytes. The mapping is
-/// MAP_NORESERVE and untouched pages cost the host nothing.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
+/// The largest guest kvmini makes: KVM takes at most 2^31 - 1 pages in
+/// one memory slot, and RAM above the 32-bit hole is one slot.
+pub const MAX_MEMORY: u64 = 8 << 40;
+
+const PAGE: u64 = 4096;
+
+/// `bytes` as --memory spells it: "16M", "1G", "4096K", or bytes.
+fn human(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// For a size that reads as a count of MiB given without its unit
+/// (`--memory 512`): the flag the user probably meant.
+fn suggestion(bytes: u64) -> String {
+    match bytes.checked_mul(1 << 20) {
+        Some(m) if (MIN_MEMORY..=MAX_MEMORY).contains(&m) => {
+            format!(" (a bare number is bytes: did you mean --memory {bytes}M?)")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Checks a guest size before anything is made: at least [`MIN_MEMORY`],
+/// at most [`MAX_MEMORY`], whole pages. What passes, KVM takes.
+pub fn check_size(size: u64) -> Result<(), Error> {
     if size < MIN_MEMORY {
         return Err(Error::TooSmall(size));
     }
+    if size > MAX_MEMORY {
+        return Err(Error::TooLarge(size));
+    }
+    if !size.is_multiple_of(PAGE) {
+        return Err(Error::NotPages(size));
+    }
+    Ok(())
+}
+
+/// Creates anonymous guest RAM of `size` bytes. The mapping is
+/// MAP_NORESERVE and untouched pages cost the host nothing.
+pub fn create(size: u64) -> Result<GuestMemoryMmap, Error> {
+    check_size(size)?;
     let ranges = ram_ranges(size)
         .into_iter()
         .map(|(addr, len)| usize::try_from(len).map(|len| (addr, len)))

@@ -23,7 +23,8 @@ pub const TABLE: &[Row] = &[
     },
     Row {
         status: "1",
-        meaning: "internal error in kvmini (a KVM call failed while running, host I/O failed)",
+        meaning: "internal error in kvmini or the host: a KVM call failed while running, \
+                  the host ran out of memory or file descriptors",
     },
     Row {
         status: "2",

@@ -92,9 +92,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when some cause down the chain is EMFILE or ENFILE.
+    fn out_of_descriptors(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(c) = cause {
+            let errno = if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                io.raw_os_error()
+            } else {
+                // kvm-ioctls' errors.
+                c.downcast_ref::<vmm_sys_util::errno::Error>()
+                    .map(|e| e.errno())
+            };
+            if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
     /// The exit status for this error (see [`crate::status`]).
     pub fn exit_code(&self) -> u8 {
         use crate::status::*;
+        if self.out_of_descriptors() {
+            // Whichever step ran out, the host's limit is not the flag's
+            // fault: a resource of kvmini's own failed.
+            return INTERNAL_ERROR;
+        }
         match self {
             Error::KvmOpen(_) | Error::KvmCapability(_) => KVM_UNAVAILABLE,
             Error::Memory(_)
@@ -283,6 +307,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     // contradicting flags, unreadable or foreign kernels, patterns, the
     // console's files and sockets (status 2 whatever KVM would say).
     config.check()?;
+    memory::check_size(config.memory).map_err(Error::Memory)?;
     let mut files = loader::preflight(&config.kernel, config.initramfs.as_deref())?;
     let disks = open_disks(config)?;
     if config.seccomp {

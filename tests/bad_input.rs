@@ -44,7 +44,7 @@ fn assert_says_each_cause_once(line: &str) {
 fn an_error_says_its_cause_once() {
     // vm-memory's error quotes its OS error, which is also its source.
     assert_error(
-        &kvmini(&["--memory", "100T"]),
+        &under_address_limit(&["--memory", "4G"]),
         2,
         &["--memory", "Cannot allocate memory"],
     );
@@ -475,10 +475,35 @@ fn initramfs_larger_than_memory() {
 )]
 fn memory_more_than_the_host_can_map() {
     assert_error(
-        &kvmini(&["--memory", "1000T"]),
+        &under_address_limit(&["--memory", "4G"]),
         2,
         &["--memory", "cannot map"],
     );
+}
+
+/// kvmini under `ulimit -v 1000000` (about 1 GiB of address space).
+fn under_address_limit(args: &[&str]) -> Run {
+    std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 1000000 && exec \"$0\" \"$@\"", KVMINI])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn memory_sizes_kvm_would_refuse_are_bad_input() {
+    for (size, says) in [
+        ("17000000", "17000000 bytes is not a whole number of 4 KiB pages"),
+        ("16777217", "not a whole number of 4 KiB pages"),
+        ("64T", "64T is above the maximum of 8T"),
+        ("9T", "above the maximum of 8T"),
+        ("512", "512 bytes is below the minimum of 16M (a bare number is bytes: did you mean --memory 512M?)"),
+        ("15M", "15M is below the minimum of 16M"),
+    ] {
+        assert_error(&kvmini(&["--memory", size]), 2, &["--memory: ", says]);
+    }
 }
 
 #[test]

@@ -471,3 +471,76 @@ fn until_sees_output_batched_in_the_ring_though_the_guest_never_exits_again() {
         assert!(r.last_stderr_line().contains("matched"), "{}", r.stderr);
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn running_out_of_descriptors_is_status_1_never_the_flags_fault() {
+    // Every limit from "nothing but stdin, stdout and stderr" up to one
+    // that runs: each step that runs out says so with status 1.
+    let dir = TempDir::new("emfile");
+    let log = dir.path("log");
+    let args = format!(
+        "--serial-log '{}' --serial2 null --cmdline exit=0",
+        log.display()
+    );
+    let mut ran = false;
+    for n in 3..40 {
+        let r: Run = Command::new("sh")
+            .args(["-c", &format!("ulimit -n {n} && exec {KVMINI} {args}")])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+            .into();
+        r.assert_no_panic();
+        match r.status {
+            Some(0) => ran = true,
+            Some(1) => {
+                assert_eq!(r.stderr.lines().count(), 1, "ulimit -n {n}: {}", r.stderr);
+                assert!(
+                    r.stderr.contains("Too many open files"),
+                    "ulimit -n {n}: {}",
+                    r.stderr
+                );
+            }
+            other => panic!("ulimit -n {n}: status {other:?}: {}", r.stderr),
+        }
+    }
+    assert!(ran, "kvmini never ran, even with 39 descriptors");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn a_full_disk_keeps_the_guests_status_and_says_what_was_lost() {
+    // The README: output that cannot be written does not change the
+    // status; a warning says how many bytes of which output were lost.
+    for (args, says) in [
+        (
+            vec!["--serial-log", "/dev/full"],
+            "--serial-log: 49 bytes not written (No space left on device",
+        ),
+        (
+            vec!["--serial", "file=/dev/full"],
+            "COM1: 49 bytes of output not delivered (No space left on device",
+        ),
+        (
+            vec!["--cmdline", "com2", "--serial2", "file=/dev/full"],
+            "COM2: 24 bytes of output not delivered (No space left on device",
+        ),
+    ] {
+        let r = kvmini(&args);
+        r.assert_no_panic();
+        assert_eq!(r.status, Some(0), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(
+            r.last_stderr_line().contains("(exit status 0)"),
+            "{}",
+            r.stderr
+        );
+    }
+}

@@ -198,7 +198,7 @@ fn terminal_restored_after_timeout_crash_and_bad_input() {
         ("--cmdline spin --timeout 500ms", 5),
         ("--cmdline fault", 4),
         ("--kernel /nonexistent", 2),
-        ("--memory 1000T", 2),
+        ("--memory 64T", 2),
     ] {
         let t = on_tty(args, &[]);
         assert!(t.contains(&format!("status={status}")), "{args}: {t}");

@@ -143,7 +143,8 @@ pub struct Port {
     out: VecDeque<u8>,
     stdin_eof: bool,
     escape: bool,
-    output_failed: bool,
+    /// The back end's first write error, after which output is dropped.
+    output_failed: Option<String>,
     /// Output dropped after the back end failed (a full disk, a closed
     /// pipe), reported at the end.
     lost: usize,
@@ -165,7 +166,7 @@ impl Port {
             out: VecDeque::new(),
             stdin_eof: false,
             escape: false,
-            output_failed: false,
+            output_failed: None,
             lost: 0,
             last_byte: None,
         }
@@ -227,9 +228,9 @@ impl Port {
                 Err(e) => {
                     // A closed pipe or a full disk: the output is lost, the
                     // guest keeps running. Say so once.
-                    if !self.output_failed {
+                    if self.output_failed.is_none() {
                         log::warn!("{}: output lost: {e}", self.name);
-                        self.output_failed = true;
+                        self.output_failed = Some(e.to_string());
                     }
                     self.lost += self.out.len();
                     self.out.clear();
@@ -270,8 +271,12 @@ impl Port {
             self.out.len()
         };
         if self.lost + undelivered > 0 {
+            let why = self
+                .output_failed
+                .clone()
+                .unwrap_or_else(|| "its reader did not take them".into());
             log::warn!(
-                "{}: {} bytes of output not delivered",
+                "{}: {} bytes of output not delivered ({why})",
                 self.name,
                 self.lost + undelivered
             );
