@@ -8,7 +8,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::config::{
     BootProtocol, DiskConfig, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, VmConfig,
-    DEFAULT_LINUX_CMDLINE, MAX_CPUS,
+    DEFAULT_GUEST_CMDLINE, DEFAULT_LINUX_CMDLINE, MAX_CPUS,
 };
 
 const EXAMPLES: &str = "\
@@ -18,7 +18,7 @@ Examples:
   kvmini --kernel bzImage --initramfs initrd.cpio --memory 512M --cpus 2
   kvmini --kernel vmlinux --serial file=console.log --timeout 60s
 
-Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
+Console: Ctrl-A x (or X) quits, Ctrl-A Ctrl-A sends Ctrl-A.";
 
 /// The text after the flags: examples, then the exit-status table from
 /// [`crate::status::TABLE`] (so --help cannot lose a status).
@@ -51,6 +51,13 @@ pub struct Args {
     /// Example: --cmdline 'console=ttyS0 quiet'
     #[arg(long, value_name = "STRING", long_help = cmdline_help())]
     pub cmdline: Option<String>,
+
+    /// Add to the kernel command line (the default one, or --cmdline's),
+    /// as QEMU's -append adds to its own: the default keeps its serial
+    /// console and its reboot on panic.
+    /// Example: --append 'init=/bin/sh'
+    #[arg(long, value_name = "STRING")]
+    pub append: Option<String>,
 
     /// Guest RAM, in bytes or with a K, M, G or T suffix (powers of 1024).
     /// Example: --memory 512M
@@ -162,12 +169,20 @@ pub struct Args {
     pub verbose: u8,
 }
 
+/// The built-in tiny guest's modes, as --help lists them (the README's
+/// table says what each does; a test checks the two name the same modes).
+pub const TINY_GUEST_MODES: &str = "hello, exit=N, echo, loopback, flood=N [seed=S] \
+    [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
+    blk, chaos=SEED [ops=N]";
+
 fn cmdline_help() -> String {
     format!(
         "Kernel command line. Default: \"hello\" for the built-in guest; for other \
          kernels \"{DEFAULT_LINUX_CMDLINE}\" (serial console, reboot through the \
-         keyboard controller, reboot on panic, which kvmini reports as a panic).\n\
-         Example: --cmdline 'console=ttyS0 quiet'"
+         keyboard controller, reboot on panic, which kvmini reports as a panic). \
+         --append adds to it instead of replacing it.\n\
+         The built-in guest's modes (the first mode word wins): {TINY_GUEST_MODES}.\n\
+         Example: --cmdline 'console=ttyS0 quiet', --cmdline echo"
     )
 }
 
@@ -322,6 +337,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 
 impl Args {
     pub fn into_config(self) -> VmConfig {
+        let has_kernel = self.kernel.is_some();
         VmConfig {
             kernel: self
                 .kernel
@@ -331,7 +347,20 @@ impl Args {
                 Boot::Pvh => BootProtocol::Pvh,
             },
             initramfs: self.initramfs,
-            cmdline: self.cmdline,
+            cmdline: match self.append {
+                None => self.cmdline,
+                Some(more) => {
+                    let base = self.cmdline.unwrap_or_else(|| {
+                        if has_kernel {
+                            DEFAULT_LINUX_CMDLINE
+                        } else {
+                            DEFAULT_GUEST_CMDLINE
+                        }
+                        .to_string()
+                    });
+                    Some(format!("{base} {more}"))
+                }
+            },
             memory: self.memory,
             cpus: self.cpus,
             serial: self.serial,
@@ -367,6 +396,59 @@ mod tests {
         let mut v = vec!["kvmini"];
         v.extend_from_slice(args);
         Args::try_parse_from(v).map(Args::into_config)
+    }
+
+    #[test]
+    fn append_adds_to_the_default_or_given_command_line() {
+        let c = parse(&["--kernel", "/k", "--append", "init=/bin/sh"]).unwrap();
+        assert_eq!(
+            c.effective_cmdline(),
+            format!("{DEFAULT_LINUX_CMDLINE} init=/bin/sh")
+        );
+        assert!(c.effective_cmdline().contains("console=ttyS0"));
+        assert!(c.effective_cmdline().contains("panic=-1"));
+        let c = parse(&["--append", "seed=3"]).unwrap();
+        assert_eq!(c.effective_cmdline(), "hello seed=3");
+        let c = parse(&["--cmdline", "flood=10", "--append", "seed=3"]).unwrap();
+        assert_eq!(c.effective_cmdline(), "flood=10 seed=3");
+    }
+
+    #[test]
+    fn help_lists_the_tiny_guests_modes_as_the_readme_does() {
+        // The README's table of modes: its rows' first column.
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| mode | what it does |")
+            .nth(1)
+            .expect("the README's tiny guest table");
+        let readme_modes: Vec<String> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cell = l.split('|').nth(1).unwrap_or("").trim();
+                let word = cell
+                    .trim_matches('`')
+                    .split([' ', '`', '='])
+                    .next()
+                    .unwrap_or("");
+                word.to_string()
+            })
+            .collect();
+        let help_modes: Vec<String> = TINY_GUEST_MODES
+            .split(", ")
+            .map(|m| m.split([' ', '=']).next().unwrap_or("").to_string())
+            .collect();
+        let mut a = readme_modes.clone();
+        let mut b = help_modes.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "README modes vs --help modes");
+        let help = {
+            use clap::CommandFactory;
+            Args::command().render_long_help().to_string()
+        };
+        assert!(help.contains("loopback, flood=N"), "{help}");
     }
 
     #[test]

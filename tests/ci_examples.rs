@@ -456,3 +456,43 @@ fn socket_example_with_socat() {
     assert_eq!(r.status, Some(0), "stderr:\n{}", r.stderr);
     assert_eq!(r.stdout_str(), "echo ready\ntyped through socat\n");
 }
+
+#[test]
+fn the_readme_says_where_the_build_puts_the_binary() {
+    // This very binary, built by cargo for this test run: its path below
+    // the target directory is what the README must name (with the
+    // release profile, which the README's commands use).
+    let exe = Path::new(KVMINI);
+    let parts: Vec<String> = exe
+        .components()
+        .rev()
+        .take(3)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (name, triple) = (&parts[0], &parts[2]);
+    let stated = format!("target/{triple}/release/{name}");
+    assert_shown("The two commands", &format!("`{stated}`"));
+    assert_shown("The two commands", "`cargo install --path .`");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn append_keeps_the_default_command_line() {
+    // The tiny guest prints its command line: --append adds to "hello".
+    let r = kvmini(&["--append", "init=/bin/sh"]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout_str().contains("cmdline: hello init=/bin/sh\n"),
+        "{}",
+        r.stdout_str()
+    );
+    let r = kvmini(&["--cmdline", "hello a", "--append", "b"]);
+    assert!(
+        r.stdout_str().contains("cmdline: hello a b\n"),
+        "{}",
+        r.stdout_str()
+    );
+}

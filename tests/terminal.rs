@@ -230,3 +230,41 @@ fn every_verbosity_works_on_a_terminal() {
     assert!(t.contains("status=3") && t.contains("VM stopping"), "{t}");
     assert_restored(&t);
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn the_echo_demo_reads_well_on_a_terminal() {
+    // Enter sends CR: each typed line stays on its own line. The guest's
+    // last output ("two", no newline) ends normally (Ctrl-D), and kvmini's
+    // line still starts a line of its own.
+    let raw = on_tty_raw(
+        "--cmdline echo",
+        &[
+            ("echo ready\n", b"one\r"),
+            ("one", b"two"),
+            ("two", b"\x04"),
+        ],
+    );
+    let t = raw.replace('\r', "");
+    assert!(t.contains("one\ntwo"), "{raw:?}");
+    assert!(
+        t.contains("two\nkvmini: guest wrote 0 to the debug-exit port"),
+        "{raw:?}"
+    );
+    assert_restored(&t);
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn ctrl_a_capital_x_quits_too() {
+    let t = on_tty("--cmdline echo", &[("echo ready\n", b"\x01X")]);
+    assert!(t.contains("stopped from the console"), "{t}");
+    assert!(t.contains("status=130"), "{t}");
+    assert_restored(&t);
+}

@@ -12,6 +12,7 @@
 //!               (M = RAM entries summed, rounded up to MiB; `rep outsb` per piece)
 //!   exit=N      exit with status N (0..=255), no output
 //!   echo        "echo ready\n", then echo COM1 input back until Ctrl-D (0x04), exit 0
+//!               (a CR comes back as CR LF)
 //!   flood=N     N pattern bytes on COM1 (seed=S), LSR-polled per byte, exit 0;
 //!               with `then-spin`: "\nflood done\n", then spin (no exit at all)
 //!   fault       triple fault (IDT limit 0, then ud2)
@@ -123,6 +124,9 @@ fn echo_loop() -> ! {
     loop {
         match io::getc(COM1) {
             0x04 => io::exit(0), // Ctrl-D
+            // Enter on a terminal sends a bare CR: echoed as CR LF, each
+            // typed line stays on its own line.
+            b'\r' => io::puts(COM1, b"\r\n"),
             b => io::putc(COM1, b),
         }
     }

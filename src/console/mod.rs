@@ -181,6 +181,15 @@ impl Port {
         &self.backend
     }
 
+    /// True if this port writes to stdout and stdout is a terminal.
+    fn on_terminal(&self) -> bool {
+        use std::io::IsTerminal;
+        match &self.backend {
+            Backend::Stdio(f) => f.is_terminal(),
+            _ => false,
+        }
+    }
+
     /// True if this port's back end is stdin/stdout.
     pub fn is_stdio(&self) -> bool {
         self.backend.is_stdio()
@@ -501,7 +510,9 @@ impl Console {
             self.pump_output(i, w, control, &mut buf);
             w.queue.close();
         }
-        if control.reason().as_ref().is_some_and(ended_by_kvmini) {
+        // On a terminal kvmini's last line always starts a line of its own;
+        // elsewhere only when kvmini cut the guest's line itself.
+        if control.reason().as_ref().is_some_and(ended_by_kvmini) || self.ports[0].on_terminal() {
             self.ports[0].end_line();
         }
         let give_up = Instant::now() + FINAL_FLUSH;
