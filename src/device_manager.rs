@@ -143,6 +143,10 @@ impl DeviceManager {
         base: u16,
         len: u16,
     ) -> Result<(), Error> {
+        log::info!(
+            "device {name}: ports {base:#x}-{:#x}",
+            u32::from(base) + u32::from(len) - 1
+        );
         self.io
             .insert(device, u64::from(base), u64::from(len))
             .map_err(|e| Error::Bus(name, e))
@@ -182,6 +186,12 @@ impl DeviceManager {
         slot: MmioSlot,
         device: SharedDevice,
     ) -> Result<(), Error> {
+        log::info!(
+            "device {name}: MMIO {:#x}-{:#x}, IRQ {}",
+            slot.base,
+            slot.base + slot.size - 1,
+            slot.irq
+        );
         self.mmio
             .insert(device, slot.base, slot.size)
             .map_err(|e| Error::Bus(name, e))

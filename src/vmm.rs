@@ -250,6 +250,13 @@ fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, E
                 .map_err(|e| Error::SerialLog(p.clone(), e))
         })
         .transpose()?;
+    log::info!("COM1: back end {:?}", config.serial);
+    if let Some(b) = &config.serial2 {
+        log::info!("COM2: back end {b:?}");
+    }
+    if let Some(p) = &config.serial_log {
+        log::info!("COM1: copied to --serial-log {}", p.display());
+    }
     let mut ports = vec![Port::new(
         "COM1",
         Backend::open(&config.serial, "--serial")?,
@@ -499,6 +506,19 @@ impl Vmm {
         // COM1's writes may be batched without the irqchip, once output is
         // heavy (vcpu::coalesced says why and what that guarantees).
         let coalesce = !config.wants_irqchip() && kvm.check_extension(Cap::CoalescedPio);
+        log::info!(
+            "{} vCPU{}, {} MiB of RAM, in-kernel irqchip and PIT {}",
+            config.cpus,
+            if config.cpus == 1 { "" } else { "s" },
+            config.memory >> 20,
+            match (config.irqchip, config.wants_irqchip()) {
+                (crate::config::IrqchipMode::On, _) => "on (--irqchip on)",
+                (crate::config::IrqchipMode::Off, _) => "off (--irqchip off)",
+                (_, true) if config.cpus > 1 => "on (auto: more than one vCPU)",
+                (_, true) => "on (auto: a kernel other than the tiny guest)",
+                (_, false) => "off (auto: the tiny guest on one vCPU polls)",
+            }
+        );
         let mut vcpus = Starting::default();
         for id in 0..config.cpus {
             vcpus.spawn(id, shared.vcpu_filter, triple_fault, control.clone())?;
@@ -678,13 +698,50 @@ fn load_guest(
     files: &mut loader::BootFiles,
 ) -> Result<(regs::Entry, u64), Error> {
     let kernel = files.load_kernel(mem)?;
+    log::info!(
+        "kernel: {:?} ({}), loaded up to {:#x}, 64-bit entry {:#x}{}",
+        kernel.format,
+        match &config.kernel {
+            crate::config::KernelSource::Embedded => "the built-in tiny guest".to_string(),
+            crate::config::KernelSource::File(p) => p.display().to_string(),
+        },
+        kernel.end,
+        kernel.entry64,
+        kernel
+            .pvh_entry
+            .map_or(String::new(), |e| format!(", PVH entry {e:#x}"))
+    );
     let initramfs = files.load_initramfs(mem, &kernel)?;
+    if let Some((addr, size)) = initramfs {
+        log::info!("initramfs: {size} bytes at {addr:#x}");
+    }
     let cmdline = devices.cmdline(config.effective_cmdline());
     let cmdline_size = write_cmdline(mem, &cmdline, &kernel)?;
+    log::info!("command line at {CMDLINE_START:#x}: {cmdline:?}");
     let cr3 = paging::setup(mem).map_err(Error::BootMemory)?;
     regs::write_gdt(mem).map_err(Error::BootMemory)?;
     let rsdp = acpi::write_tables(mem, config.cpus, devices.dsdt())?;
     let e820 = memory::e820_map(config.memory);
+    log::info!(
+        "boot data: GDT at {BOOT_GDT_START:#x}, page tables at {cr3:#x} (identity map of \
+         {IDENTITY_MAP_GIB} GiB), ACPI RSDP at {rsdp:#x}, {}",
+        match config.boot {
+            BootProtocol::Linux64 => format!("zero page at {ZERO_PAGE_START:#x}"),
+            BootProtocol::Pvh => format!("PVH start_info at {PVH_INFO_START:#x}"),
+        }
+    );
+    for e in &e820 {
+        log::info!(
+            "memory map: {:#x}-{:#x} {}",
+            e.addr,
+            e.addr + e.size - 1,
+            if e.kind == memory::E820_RAM {
+                "RAM"
+            } else {
+                "reserved"
+            }
+        );
+    }
     let entry = match config.boot {
         BootProtocol::Linux64 => {
             let params = boot_params::linux_boot_params(&boot_params::LinuxBoot {

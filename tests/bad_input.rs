@@ -669,3 +669,21 @@ fn one_file_for_two_outputs_or_an_output_over_an_input_is_refused() {
     // The kernel was not truncated by the refused output.
     assert_eq!(std::fs::read(&kernel).unwrap(), tiny_guest_elf());
 }
+
+#[test]
+fn an_initramfs_or_archive_given_to_kernel_says_what_it_looks_like() {
+    let dir = TempDir::new("karchive");
+    for (name, bytes, says) in [
+        ("initrd.gz", &b"\x1f\x8b\x08\x00rest"[..], "gzip data"),
+        ("initrd.zst", &b"\x28\xb5\x2f\xfdrest"[..], "zstd data"),
+        ("initrd.xz", &b"\xfd7zXZ\x00rest"[..], "xz data"),
+        ("initrd.cpio", &b"07070100000001rest"[..], "a cpio archive"),
+    ] {
+        let k = write(&dir, name, bytes);
+        assert_error(
+            &kvmini(&["--kernel", &k]),
+            2,
+            &[&k, says, "did you mean --initramfs?"],
+        );
+    }
+}

@@ -259,3 +259,54 @@ fn chaos_seeds_1_to_500_survive() {
         }
     });
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn each_verbosity_adds_its_own_lines() {
+    let run = |v: &str| {
+        let mut args = vec!["--serial2", "null"];
+        if !v.is_empty() {
+            args.push(v);
+        }
+        let r = kvmini(&args);
+        assert_eq!(r.status, Some(0), "{v}: {}", r.stderr);
+        r.stderr
+    };
+    let (quiet, info, debug, trace) = (run(""), run("-v"), run("-vv"), run("-vvv"));
+    assert_eq!(quiet.lines().count(), 1, "{quiet}");
+    // -v: the kernel, where things were loaded, memory, vCPUs, irqchip and
+    // why, each device and back end.
+    for line in [
+        "kernel: Elf (the built-in tiny guest), loaded up to 0x",
+        "64-bit entry 0x100000",
+        "command line at 0x20000: \"hello\"",
+        "boot data: GDT at 0x500, page tables at 0x9000",
+        "memory map: 0x100000-0x7ffffff RAM",
+        "1 vCPU, 128 MiB of RAM, in-kernel irqchip and PIT off (auto:",
+        "device COM1: ports 0x3f8-0x3ff",
+        "device COM2: ports 0x2f8-0x2ff",
+        "COM1: back end Stdio",
+        "COM2: back end Null",
+    ] {
+        assert!(info.contains(line), "-v lacks {line:?}:\n{info}");
+    }
+    assert!(
+        !info.contains("DEBUG") && !info.contains(" exits: "),
+        "{info}"
+    );
+    // -vv: a count of exits by kind at the end.
+    assert!(
+        debug.contains("vCPU 0: ") && debug.contains(" port writes"),
+        "{debug}"
+    );
+    assert!(!debug.contains("TRACE"), "{debug}");
+    // -vvv: each exit.
+    assert!(
+        trace.contains("TRACE") && trace.contains("IoOut { port: 1016"),
+        "{trace}"
+    );
+    assert!(trace.lines().count() > debug.lines().count() + 10);
+}

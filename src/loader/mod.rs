@@ -75,6 +75,8 @@ pub enum Error {
     Empty(PathBuf),
     #[error("--kernel {0}: not a kernel image (neither an ELF nor a bzImage)")]
     UnknownFormat(PathBuf),
+    #[error("--kernel {}: {}, not a kernel image: did you mean --initramfs? (a compressed kernel must be decompressed first)", .0.display(), .1)]
+    LooksLikeArchive(PathBuf, &'static str),
     #[error("--kernel {0}: a 32-bit ELF; kvmini boots 64-bit x86 kernels")]
     Elf32(PathBuf),
     #[error("--kernel {0}: an ELF for another architecture (e_machine {1}); kvmini boots x86_64 kernels")]
@@ -146,7 +148,32 @@ pub fn detect(path: &Path, head: &[u8]) -> Result<Format, Error> {
     if head.get(BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + 4) == Some(&BZIMAGE_MAGIC[..]) {
         return Ok(Format::BzImage);
     }
-    Err(Error::UnknownFormat(path.into()))
+    match archive_kind(head) {
+        Some(kind) => Err(Error::LooksLikeArchive(path.into(), kind)),
+        None => Err(Error::UnknownFormat(path.into())),
+    }
+}
+
+/// What a file that is not a kernel looks like, when it looks like what
+/// people give --kernel by mistake: an initramfs (a cpio archive, often
+/// compressed) or a compressed kernel.
+fn archive_kind(head: &[u8]) -> Option<&'static str> {
+    const KINDS: &[(&[u8], &str)] = &[
+        (b"\x1f\x8b", "gzip data"),
+        (b"\xfd7zXZ\x00", "xz data"),
+        (b"\x28\xb5\x2f\xfd", "zstd data"),
+        (b"\x04\x22\x4d\x18", "lz4 data"),
+        (b"\x02\x21\x4c\x18", "lz4 data"),
+        (b"BZh", "bzip2 data"),
+        (b"\x89LZO", "lzop data"),
+        (b"070701", "a cpio archive (an initramfs?)"),
+        (b"070702", "a cpio archive (an initramfs?)"),
+        (b"070707", "a cpio archive (an initramfs?)"),
+    ];
+    KINDS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|&(_, kind)| kind)
 }
 
 /// The checks of validate.rs for an image of `format` whose first bytes are

@@ -136,9 +136,95 @@ pub fn handle(exit: Exit, io: &Bus, mmio: &Bus, triple_fault: TripleFault) -> Ac
     }
 }
 
+/// How many exits of each kind a vCPU made during one boot, for the
+/// debug log (`-vv`) at its end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCounts {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub hlt: u64,
+    /// Kicks: KVM_RUN interrupted by kvmini's own signal.
+    pub kicked: u64,
+    pub other: u64,
+}
+
+impl ExitCounts {
+    pub fn count(&mut self, exit: &Exit<'_>) {
+        match exit {
+            Exit::IoIn { .. } => self.io_in += 1,
+            Exit::IoOut { .. } => self.io_out += 1,
+            Exit::MmioRead { .. } => self.mmio_read += 1,
+            Exit::MmioWrite { .. } => self.mmio_write += 1,
+            Exit::Hlt => self.hlt += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.io_in
+            + self.io_out
+            + self.mmio_read
+            + self.mmio_write
+            + self.hlt
+            + self.kicked
+            + self.other
+    }
+}
+
+impl std::fmt::Display for ExitCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exits: {} port reads, {} port writes, {} MMIO reads, {} MMIO writes, \
+             {} HLT, {} kicks, {} other",
+            self.total(),
+            self.io_in,
+            self.io_out,
+            self.mmio_read,
+            self.mmio_write,
+            self.hlt,
+            self.kicked,
+            self.other
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exits_are_counted_by_kind() {
+        let mut c = ExitCounts::default();
+        let mut buf = [0u8; 1];
+        c.count(&Exit::IoIn {
+            port: 0x3fd,
+            size: 1,
+            data: &mut buf,
+        });
+        c.count(&Exit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"x",
+        });
+        c.count(&Exit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"y",
+        });
+        c.count(&Exit::Hlt);
+        c.count(&Exit::Shutdown);
+        c.kicked += 1;
+        assert_eq!(
+            (c.io_in, c.io_out, c.hlt, c.other, c.total()),
+            (1, 2, 1, 1, 6)
+        );
+        assert!(c
+            .to_string()
+            .starts_with("6 exits: 1 port reads, 2 port writes"));
+    }
     use crate::bus::BusDevice;
     use std::sync::{Arc, Mutex};
 

@@ -241,6 +241,7 @@ impl Vcpu {
         if !self.serve_commands(mailbox, control, false) {
             return;
         }
+        let mut counts = exit::ExitCounts::default();
         while !control.is_stopping() {
             let run_ptr: *const kvm_run = self.fd.get_kvm_run();
             let result = self.fd.run();
@@ -254,6 +255,7 @@ impl Vcpu {
                     // Cleared before the mailbox is read: a kick that comes
                     // after this sets it again, and its command is read.
                     self.fd.set_kvm_immediate_exit(0);
+                    counts.kicked += 1;
                     None
                 }
                 Translated::Fatal(e) => {
@@ -278,6 +280,8 @@ impl Vcpu {
             // mapping, alive as long as self.fd and not touched by the ring
             // drain; nothing else refers to them until the next KVM_RUN.
             let exit = unsafe { raw.attach() };
+            counts.count(&exit);
+            log::trace!("vCPU {}: {exit:?}", self.id);
             match exit::handle(exit, io, mmio, triple_fault) {
                 Action::Continue => {}
                 Action::DebugStop(arch) => {
@@ -311,6 +315,7 @@ impl Vcpu {
         }
         // Writes batched just before the end still reach their devices.
         self.drain_coalesced(io, mmio);
+        log::debug!("vCPU {}: {counts}", self.id);
     }
 
     /// Serves the mailbox: the commands queued, and with `paused` (or once
