@@ -72,16 +72,17 @@ pub struct Args {
     /// COM1's back end: stdio, file=PATH (output only), null, pty (a new
     /// pseudo-terminal, its path printed on stderr) or socket=PATH (a Unix
     /// socket server; output made while no client is connected is replayed,
-    /// up to 64 KiB, to the next one).
-    /// Example: --serial socket=/tmp/vm.sock
-    #[arg(long, value_name = "BACKEND", default_value = "stdio", value_parser = parse_serial)]
-    pub serial: SerialBackend,
+    /// up to 64 KiB, to the next one). `pty,wait` and `socket=PATH,wait`
+    /// hold the guest until the first client attaches (--timeout counts).
+    /// Example: --serial socket=/tmp/vm.sock,wait
+    #[arg(long, value_name = "BACKEND", default_value = "stdio", value_parser = parse_serial_arg)]
+    pub serial: SerialArg,
 
     /// Adds COM2 (port 0x2f8, IRQ 3, Linux's ttyS1) with this back end; same
     /// choices as --serial.
     /// Example: --serial2 file=results.txt
-    #[arg(long, value_name = "BACKEND", value_parser = parse_serial)]
-    pub serial2: Option<SerialBackend>,
+    #[arg(long, value_name = "BACKEND", value_parser = parse_serial_arg)]
+    pub serial2: Option<SerialArg>,
 
     /// A raw disk image for the guest, as a virtio-blk device (virtio-mmio,
     /// described in the ACPI DSDT): the first is /dev/vda, the next
@@ -306,6 +307,37 @@ pub fn parse_serial(s: &str) -> Result<SerialBackend, String> {
     }
 }
 
+/// A --serial/--serial2 value: the back end, and whether the guest waits
+/// for its first client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialArg {
+    pub backend: SerialBackend,
+    pub wait: bool,
+}
+
+/// Parses a back end with an optional ",wait" (pty and socket only).
+pub fn parse_serial_arg(s: &str) -> Result<SerialArg, String> {
+    match s.strip_suffix(",wait") {
+        Some(b) => {
+            let backend = parse_serial(b)?;
+            if !matches!(backend, SerialBackend::Pty | SerialBackend::Socket(_)) {
+                return Err(format!(
+                    "',wait' holds the guest until a client attaches: only pty and \
+                     socket=PATH have clients, not '{b}'"
+                ));
+            }
+            Ok(SerialArg {
+                backend,
+                wait: true,
+            })
+        }
+        None => Ok(SerialArg {
+            backend: parse_serial(s)?,
+            wait: false,
+        }),
+    }
+}
+
 /// Parses "PATH", "PATH,ro", "PATH,serial=ID,ro".
 pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut parts = s.split(',');
@@ -363,8 +395,10 @@ impl Args {
             },
             memory: self.memory,
             cpus: self.cpus,
-            serial: self.serial,
-            serial2: self.serial2,
+            serial: self.serial.backend,
+            serial_wait: self.serial.wait,
+            serial2_wait: self.serial2.as_ref().is_some_and(|s| s.wait),
+            serial2: self.serial2.map(|s| s.backend),
             serial_log: self.serial_log,
             serial_timestamps: self.serial_timestamps,
             until: self.until,

@@ -73,6 +73,10 @@ pub struct VmConfig {
     pub serial: SerialBackend,
     /// COM2's back end; no COM2 without one.
     pub serial2: Option<SerialBackend>,
+    /// Hold the guest until a client attaches to COM1's (pty or socket)
+    /// back end, and COM2's: `--serial socket=PATH,wait`.
+    pub serial_wait: bool,
+    pub serial2_wait: bool,
     /// A copy of COM1's output.
     pub serial_log: Option<PathBuf>,
     /// Prefix each line of the log with the time since start.
@@ -107,6 +111,8 @@ impl Default for VmConfig {
             cpus: 1,
             serial: SerialBackend::Stdio,
             serial2: None,
+            serial_wait: false,
+            serial2_wait: false,
             serial_log: None,
             serial_timestamps: false,
             timeout: None,

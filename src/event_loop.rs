@@ -59,8 +59,18 @@ pub trait Subscriber {
 
 /// Runs until `control` says the VM is stopping.
 pub fn run(subscribers: &mut [&mut dyn Subscriber], control: &VmControl) {
+    run_until(subscribers, control, &|| false);
+}
+
+/// Runs until `control` says the VM is stopping or `done` says so (checked
+/// after each round of events).
+pub fn run_until(
+    subscribers: &mut [&mut dyn Subscriber],
+    control: &VmControl,
+    done: &dyn Fn() -> bool,
+) {
     let mut set = Interest::default();
-    while !control.is_stopping() {
+    while !control.is_stopping() && !done() {
         set.fds.clear();
         set.owners.clear();
         let mut wake: Option<Instant> = None;
@@ -73,7 +83,7 @@ pub fn run(subscribers: &mut [&mut dyn Subscriber], control: &VmControl) {
                 (a, b) => a.or(b),
             };
         }
-        if control.is_stopping() {
+        if control.is_stopping() || done() {
             break;
         }
         let timeout_ms = match wake {

@@ -259,11 +259,15 @@ fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, E
     }
     let mut ports = vec![Port::new(
         "COM1",
-        Backend::open(&config.serial, "--serial")?,
+        Backend::open(&config.serial, "--serial", config.serial_wait)?,
         log,
     )];
     if let Some(b) = &config.serial2 {
-        ports.push(Port::new("COM2", Backend::open(b, "--serial2")?, None));
+        ports.push(Port::new(
+            "COM2",
+            Backend::open(b, "--serial2", config.serial2_wait)?,
+            None,
+        ));
     }
     check_outputs(config, &ports)?;
     let has_input_after = input_after.is_some();
@@ -371,6 +375,27 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         &mut files,
         &mut shared,
     )?;
+    if config.serial_wait || config.serial2_wait {
+        // `,wait`: the VM is ready; it starts when the clients are there
+        // (signals and --timeout are served meanwhile).
+        let done = std::cell::Cell::new(false);
+        let mut waiter = console::WaitForClients::new(
+            &mut console.ports,
+            &[config.serial_wait, config.serial2_wait],
+            &done,
+        );
+        let mut stop = event_loop::Stop(&vmm.control);
+        event_loop::run_until(
+            &mut [
+                &mut stop,
+                &mut loop_state.signals,
+                &mut loop_state.timeout,
+                &mut waiter,
+            ],
+            &vmm.control,
+            &|| done.get(),
+        );
+    }
     loop {
         let reason = vmm.run(&mut console, &mut loop_state, &mut shared);
         let mut reason = match (console.verdict(), reason) {

@@ -1386,3 +1386,90 @@ fn input_refused_in_loopback_is_offered_again_when_loopback_ends() {
         }
     }
 }
+
+// ---- ,wait ------------------------------------------------------------------
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn socket_wait_holds_the_guest_until_the_first_client() {
+    let dir = TempDir::new("sockwait");
+    let sock = dir.path("vm.sock");
+    let arg = format!("socket={},wait", sock.display());
+    let mut s = Session::spawn(&["--serial", &arg, "--timeout", "60s"]);
+    let line = s.stderr_line("is listening on");
+    assert!(
+        line.contains("the guest starts when a client connects"),
+        "{line}"
+    );
+    // Held: the hello guest, which ends in milliseconds once it runs, is
+    // still there a second later.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the guest ran without a client"
+    );
+    let mut c = connect(&sock);
+    read_exactly(
+        &mut c,
+        b"kvmini tiny guest\n",
+        "the banner from its first byte",
+    );
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert_eq!(r.last_stderr_line(), EXIT_0);
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn pty_wait_holds_the_guest_until_the_pty_is_opened() {
+    let mut s = Session::spawn(&[
+        "--serial",
+        "pty,wait",
+        "--cmdline",
+        "echo",
+        "--timeout",
+        "60s",
+    ]);
+    let line = s.stderr_line(" is on /dev/pts/");
+    let path = line
+        .strip_prefix("kvmini: --serial is on ")
+        .and_then(|l| l.split(';').next())
+        .unwrap_or_else(|| panic!("unexpected pty line {line:?}"))
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Attach as screen and picocom do: open, then flush. Had the guest run
+    // already, its banner would be flushed away.
+    let mut pty = open_pty(&path);
+    // SAFETY: tcflush on the descriptor the test holds.
+    let flushed = unsafe { libc::tcflush(pty.as_raw_fd(), libc::TCIOFLUSH) };
+    assert_eq!(flushed, 0);
+    expect_bytes(&mut pty, b"echo ready\n", "the banner after the flush");
+    pty.write_all(&[0x04]).unwrap();
+    let r = s.finish();
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn the_timeout_counts_while_waiting_for_a_client() {
+    let dir = TempDir::new("sockwait-timeout");
+    let arg = format!("socket={},wait", dir.path("vm.sock").display());
+    let r = kvmini(&["--serial", &arg, "--timeout", "300ms"]);
+    assert_eq!(r.status, Some(5), "{}", r.stderr);
+    let r = kvmini(&["--serial", "file=/dev/null,wait"]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("only pty and socket=PATH have clients"),
+        "{}",
+        r.stderr
+    );
+}

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -49,8 +50,13 @@ pub enum Backend {
     Null,
     Pty {
         master: File,
-        /// Held open so the master never sees a hang-up between clients.
-        _slave: OwnedFd,
+        /// Held open so the master never sees a hang-up between clients;
+        /// None while kvmini waits for the first client (`pty,wait`), whose
+        /// opening of the slave ends the master's hang-up.
+        slave: Option<OwnedFd>,
+        path: PathBuf,
+        /// When a waited-for client was first seen to have the pty open.
+        opened: Option<std::time::Instant>,
     },
     Socket {
         listener: UnixListener,
@@ -65,6 +71,10 @@ pub enum Backend {
         paused_until: Option<std::time::Instant>,
     },
 }
+
+/// How long a terminal program has, after opening a waited-for pty, before
+/// the guest starts.
+pub const PTY_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long the listener rests after an accept that failed.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -219,7 +229,7 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 impl Backend {
     /// Opens `cfg` for the port behind `flag` (e.g. "--serial").
-    pub fn open(cfg: &SerialBackend, flag: &'static str) -> Result<Self, Error> {
+    pub fn open(cfg: &SerialBackend, flag: &'static str, wait: bool) -> Result<Self, Error> {
         Ok(match cfg {
             SerialBackend::Stdio => Backend::Stdio(File::from(
                 io::stdout()
@@ -242,10 +252,19 @@ impl Backend {
                     open_pty().map_err(|source| Error::Pty { flag, source })?;
                 // The one place kvmini talks to the user directly: the pty's
                 // name is what they need to attach.
-                eprintln!("kvmini: {flag} is on {}", path.display());
+                if wait {
+                    eprintln!(
+                        "kvmini: {flag} is on {}; the guest starts when a client opens it",
+                        path.display()
+                    );
+                } else {
+                    eprintln!("kvmini: {flag} is on {}", path.display());
+                }
                 Backend::Pty {
                     master,
-                    _slave: slave,
+                    slave: (!wait).then_some(slave),
+                    path,
+                    opened: None,
                 }
             }
             SerialBackend::Socket(path) => {
@@ -284,7 +303,15 @@ impl Backend {
                 let listener = UnixListener::bind(&bind_path).map_err(err)?;
                 listener.set_nonblocking(true).map_err(err)?;
                 let reserve = listener.as_fd().try_clone_to_owned().ok();
-                eprintln!("kvmini: {flag} is listening on {}", path.display());
+                if wait {
+                    eprintln!(
+                        "kvmini: {flag} is listening on {}; the guest starts when a client \
+                         connects",
+                        path.display()
+                    );
+                } else {
+                    eprintln!("kvmini: {flag} is listening on {}", path.display());
+                }
                 Backend::Socket {
                     listener,
                     path: path.clone(),
@@ -363,6 +390,52 @@ impl Backend {
                 Some(listener.as_raw_fd())
             }
             _ => None,
+        }
+    }
+
+    /// True once a client is there: a socket client connected, or a pty
+    /// whose slave someone opened (kvmini then holds the slave too). Other
+    /// back ends have no client to wait for.
+    pub fn has_client(&mut self) -> bool {
+        match self {
+            Backend::Socket { client, .. } => client.is_some(),
+            Backend::Pty { slave: Some(_), .. } => true,
+            Backend::Pty {
+                master,
+                slave,
+                path,
+                opened,
+            } => {
+                let mut p = libc::pollfd {
+                    fd: master.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no waiting.
+                unsafe { libc::poll(&mut p, 1, 0) };
+                if p.revents & libc::POLLHUP != 0 {
+                    *opened = None;
+                    return false;
+                }
+                // A terminal program flushes the pty and sets its modes
+                // right after opening it: the guest starts once it has had
+                // PTY_SETTLE to do so, not in the middle.
+                let now = std::time::Instant::now();
+                let since = *opened.get_or_insert(now);
+                if now < since + PTY_SETTLE {
+                    return false;
+                }
+                // Someone opened the slave: hold it as well, as without wait.
+                *slave = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOCTTY)
+                    .open(&*path)
+                    .ok()
+                    .map(OwnedFd::from);
+                true
+            }
+            _ => true,
         }
     }
 
@@ -494,7 +567,7 @@ mod tests {
     #[test]
     fn socket_takes_output_only_with_a_client_and_never_blocks() {
         let path = std::env::temp_dir().join(format!("kvmini-sock-{}", std::process::id()));
-        let mut b = Backend::open(&SerialBackend::Socket(path.clone()), "--serial").unwrap();
+        let mut b = Backend::open(&SerialBackend::Socket(path.clone()), "--serial", false).unwrap();
         assert!(b.is_lossy());
         assert_eq!(b.write_some(b"early").unwrap(), 0);
         assert!(b.output_fd().is_none() && b.listen_fd().is_some());

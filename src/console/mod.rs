@@ -684,6 +684,78 @@ impl Subscriber for ConsoleLoop<'_> {
     }
 }
 
+/// Before the first boot, with `pty,wait` or `socket=PATH,wait`: serves
+/// the waiting back ends until each has its client, then sets `done`.
+pub struct WaitForClients<'a> {
+    ports: &'a mut [Port],
+    waiting: Vec<usize>,
+    done: &'a std::cell::Cell<bool>,
+}
+
+/// How often a waiting pty is looked at: a pty says nothing when its slave
+/// is opened, only its master's hang-up ends.
+const PTY_WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl<'a> WaitForClients<'a> {
+    /// `waits[i]`: whether port `i` waits for a client.
+    pub fn new(ports: &'a mut [Port], waits: &[bool], done: &'a std::cell::Cell<bool>) -> Self {
+        let waiting = (0..ports.len())
+            .filter(|&i| waits.get(i) == Some(&true))
+            .collect();
+        Self {
+            ports,
+            waiting,
+            done,
+        }
+    }
+}
+
+impl Subscriber for WaitForClients<'_> {
+    fn prepare(&mut self, _: &VmControl) {
+        let ports = &mut *self.ports;
+        self.waiting.retain(|&i| !ports[i].backend.has_client());
+        if self.waiting.is_empty() {
+            self.done.set(true);
+        }
+    }
+
+    fn interest(&self, set: &mut Interest) {
+        for &i in &self.waiting {
+            if let Some(fd) = self.ports[i].backend.listen_fd() {
+                set.add(fd, libc::POLLIN, i as u32);
+            }
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        let pty = self
+            .waiting
+            .iter()
+            .any(|&i| matches!(self.ports[i].backend, Backend::Pty { .. }));
+        let paused = self
+            .waiting
+            .iter()
+            .filter_map(|&i| self.ports[i].backend.wake_at());
+        paused
+            .chain(pty.then(|| Instant::now() + PTY_WAIT_TICK))
+            .min()
+    }
+
+    fn after_wait(&mut self, _: &VmControl) {
+        let ports = &mut *self.ports;
+        self.waiting.retain(|&i| !ports[i].backend.has_client());
+        if self.waiting.is_empty() {
+            self.done.set(true);
+        }
+    }
+
+    fn ready(&mut self, token: u32, _: libc::c_short, _: &VmControl) {
+        if let Some(p) = self.ports.get_mut(token as usize) {
+            p.backend.accept();
+        }
+    }
+}
+
 /// True for the endings kvmini chooses itself, which can cut a line the
 /// guest was still printing: a pattern matched, the timeout, a signal,
 /// Ctrl-A x.
