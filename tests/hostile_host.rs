@@ -397,6 +397,21 @@ fn signalled(args: &[&str], sig: i32, after: std::time::Duration) -> Run {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // First until the signal shows blocked in /proc (SigBlk), then `after`.
+    let start = std::time::Instant::now();
+    loop {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (sig - 1)) != 0);
+        if blocked || start.elapsed().as_secs() > 20 {
+            break;
+        }
+        std::thread::yield_now();
+    }
     std::thread::sleep(after);
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, sig) };
@@ -419,11 +434,11 @@ fn every_termination_signal_ends_kvmini_with_its_last_line() {
         (libc::SIGUSR2, "SIGUSR2"),
         (libc::SIGALRM, "SIGALRM"),
     ] {
-        // While the guest runs, and while kvmini is still starting (a few
-        // milliseconds in: kvmini's own code blocks the signals before
-        // Rust's runtime starts; only exec and the C library's start-up
-        // come before, see the README).
-        for after_ms in [300, 5, 2] {
+        // While the guest runs, and while kvmini is still starting: as soon
+        // as /proc shows the signal blocked (kvmini's own first code, a
+        // constructor before Rust's runtime, blocks it; only exec and the C
+        // library's start-up come before, see the README).
+        for after_ms in [300, 0] {
             let r = signalled(&spin, sig, std::time::Duration::from_millis(after_ms));
             assert_eq!(
                 r.status,
