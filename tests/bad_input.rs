@@ -687,3 +687,24 @@ fn an_initramfs_or_archive_given_to_kernel_says_what_it_looks_like() {
         );
     }
 }
+
+#[test]
+fn append_with_bad_bytes_or_too_long_is_bad_input() {
+    // --append is checked as part of the command line it makes.
+    assert_error(
+        &kvmini(&["--append", "bad\x01"]),
+        2,
+        &["--cmdline", "non-printable"],
+    );
+    let long = "a".repeat(3000);
+    assert_error(
+        &kvmini(&["--append", &long]),
+        2,
+        &["--cmdline", "limit of 2047 bytes"],
+    );
+    assert_error(
+        &kvmini(&["--serial", "pty,wait,wait"]),
+        2,
+        &["--serial", "not a back end"],
+    );
+}

@@ -222,6 +222,18 @@ fn a_reader_that_stops_reading_never_outlives_the_timeout_or_sigterm() {
     }
 }
 
+/// Waits (at most 20 s) until kvmini's socket `sock` exists.
+fn wait_for_socket(sock: &std::path::Path) {
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "kvmini never listened on {sock:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Starts `kvmini ARGS` in the background, waiting until `sock` exists.
 fn spawn_listening(args: &[&str], sock: &std::path::Path) -> std::process::Child {
     let child = Command::new(KVMINI)
@@ -232,14 +244,7 @@ fn spawn_listening(args: &[&str], sock: &std::path::Path) -> std::process::Child
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "kvmini never listened on {sock:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_socket(sock);
     child
 }
 
@@ -373,11 +378,7 @@ fn a_socket_client_is_served_with_every_descriptor_in_use() {
         }
     }
     let mut vm = spawn_with_fd_limit(hi, &args("30s"));
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed().as_secs() < 20, "kvmini never listened");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     let seen = client_sees(&sock, "echo ready");
     let _ = vm.kill();
     let _ = vm.wait();
