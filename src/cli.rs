@@ -116,6 +116,27 @@ pub struct Args {
     #[arg(long, value_name = "REGEX")]
     pub fail_on: Vec<String>,
 
+    /// Read COM1's output as a KTAP report (kunit, or TAP 13 from
+    /// kselftest), nested subtests included: the VM ends with status 0 when
+    /// the top-level plan completes with no failure, 7 at the first
+    /// top-level "not ok" (or when the guest shuts down before the plan
+    /// completes); a panic, a crash or --timeout keep their own status.
+    /// Prints "ktap: N passed, N failed, N skipped" at the end.
+    #[arg(long)]
+    pub ktap: bool,
+
+    /// With --ktap: a top-level failure does not end the VM; the verdict
+    /// (7 if any top-level test failed) comes when the plan completes.
+    #[arg(long, requires = "ktap")]
+    pub ktap_keep_going: bool,
+
+    /// With --ktap: write the report as JUnit XML to this file at the end
+    /// (one testcase per test; a failure's diagnostic lines are its
+    /// message; a report cut short adds an erroring testcase saying how).
+    /// Example: --junit results.xml
+    #[arg(long, value_name = "FILE", requires = "ktap")]
+    pub junit: Option<PathBuf>,
+
     /// Type the bytes of this file into COM1, as soon as the guest reads
     /// (or, with --input-after, once the output matches).
     /// Example: --input commands.txt
@@ -174,7 +195,7 @@ pub struct Args {
 /// table says what each does; a test checks the two name the same modes).
 pub const TINY_GUEST_MODES: &str = "hello, exit=N, echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
-    blk, chaos=SEED [ops=N]";
+    blk, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
 fn cmdline_help() -> String {
     format!(
@@ -403,6 +424,9 @@ impl Args {
             serial_timestamps: self.serial_timestamps,
             until: self.until,
             fail_on: self.fail_on,
+            ktap: self.ktap,
+            ktap_keep_going: self.ktap_keep_going,
+            junit: self.junit,
             input: self.input,
             input_after: self.input_after,
             boot_trace: self.boot_trace,

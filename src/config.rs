@@ -89,6 +89,12 @@ pub struct VmConfig {
     pub until: Vec<String>,
     /// Patterns that end the VM with the fail-on status.
     pub fail_on: Vec<String>,
+    /// Read COM1's output as a KTAP report and end the VM on its verdict.
+    pub ktap: bool,
+    /// With `ktap`: a top-level failure does not end the VM early.
+    pub ktap_keep_going: bool,
+    /// With `ktap`: write the report as JUnit XML here at the end.
+    pub junit: Option<PathBuf>,
     /// Bytes typed into COM1.
     pub input: Option<PathBuf>,
     /// Type `input` once COM1's output matches this.
@@ -120,6 +126,9 @@ impl Default for VmConfig {
             on_reboot: RebootPolicy::Exit,
             until: Vec::new(),
             fail_on: Vec::new(),
+            ktap: false,
+            ktap_keep_going: false,
+            junit: None,
             input: None,
             input_after: None,
             boot_trace: false,

@@ -30,6 +30,11 @@ pub enum StopReason {
     Until(String),
     /// A `--fail-on` pattern matched the console output.
     FailOn(String),
+    /// `--ktap`: the top-level plan completed with no failure.
+    KtapPassed,
+    /// `--ktap`: a top-level test failed (its result line), or the report
+    /// ended before its plan completed (how far it got).
+    KtapFailed(String),
     /// kvmini itself failed while the VM ran.
     HostError(String),
 }

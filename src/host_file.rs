@@ -149,6 +149,44 @@ pub fn truncate(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// How long [`write_all_waiting`] waits for a reader that does not read.
+pub const WRITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes all of `bytes` to an output opened by [`open_output`] (which is
+/// non-blocking), waiting for POLLOUT when a FIFO or a pipe is full, but
+/// never longer than [`WRITE_PATIENCE`] in all: a reader that stopped
+/// reading cannot hold kvmini's exit.
+pub fn write_all_waiting(mut f: &File, mut bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let give_up = std::time::Instant::now() + WRITE_PATIENCE;
+    while !bytes.is_empty() {
+        match f.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = give_up.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::other(format!(
+                        "its reader took no data for {} s",
+                        WRITE_PATIENCE.as_secs()
+                    )));
+                }
+                let mut pfd = libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

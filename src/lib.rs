@@ -14,6 +14,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod fatal;
 pub mod host_file;
+pub mod ktap;
 pub mod loader;
 pub mod memory;
 pub mod seccomp;

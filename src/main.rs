@@ -82,6 +82,9 @@ fn main() -> ExitCode {
                     eprintln!("{line}");
                 }
             }
+            if let Some(line) = outcome.ktap_summary {
+                eprintln!("{line}");
+            }
             say(&status::describe(&reason));
             ExitCode::from(status::code(&reason))
         }

@@ -15,7 +15,8 @@ pub const TABLE: &[Row] = &[
     Row {
         status: "0",
         meaning: "the guest shut down cleanly: powered off, rebooted (with `--on-reboot exit`), \
-                  or wrote 0 to the debug-exit port",
+                  or wrote 0 to the debug-exit port; with `--ktap`, the KTAP plan completed \
+                  with no failure",
     },
     Row {
         status: "N",
@@ -52,7 +53,8 @@ pub const TABLE: &[Row] = &[
     },
     Row {
         status: "7",
-        meaning: "a `--fail-on` pattern matched",
+        meaning: "a `--fail-on` pattern matched; with `--ktap`, a top-level test failed, \
+                  or the guest shut down before the KTAP plan completed",
     },
     Row {
         status: "128+N",
@@ -108,19 +110,31 @@ pub const SIGNAL_BASE: u8 = 128;
 pub fn code(reason: &StopReason) -> u8 {
     match reason {
         StopReason::GuestExit(n) => *n,
-        StopReason::Reset | StopReason::PowerOff | StopReason::Until(_) => CLEAN,
+        StopReason::Reset
+        | StopReason::PowerOff
+        | StopReason::Until(_)
+        | StopReason::KtapPassed => CLEAN,
         StopReason::Panic => GUEST_PANIC,
         StopReason::Crash(_) => GUEST_CRASH,
         StopReason::Timeout => TIMEOUT,
         StopReason::Signal(sig) => SIGNAL_BASE.saturating_add(*sig as u8),
         StopReason::ConsoleQuit => SIGNAL_BASE + libc::SIGINT as u8,
-        StopReason::FailOn(_) => FAIL_ON,
+        StopReason::FailOn(_) | StopReason::KtapFailed(_) => FAIL_ON,
         StopReason::HostError(_) => INTERNAL_ERROR,
     }
 }
 
 /// The one line kvmini prints last on stderr for `reason`.
 pub fn describe(reason: &StopReason) -> String {
+    format!(
+        "kvmini: {} (exit status {})",
+        describe_short(reason),
+        code(reason)
+    )
+}
+
+/// What ended the VM, in a few words.
+pub fn describe_short(reason: &StopReason) -> String {
     let what = match reason {
         StopReason::GuestExit(n) => format!("guest wrote {n} to the debug-exit port"),
         StopReason::Reset => "guest rebooted".into(),
@@ -134,9 +148,11 @@ pub fn describe(reason: &StopReason) -> String {
         StopReason::ConsoleQuit => "stopped from the console (Ctrl-A x)".into(),
         StopReason::Until(p) => format!("--until {p:?} matched"),
         StopReason::FailOn(p) => format!("--fail-on {p:?} matched"),
+        StopReason::KtapPassed => "ktap: the plan completed with no failure".into(),
+        StopReason::KtapFailed(what) => format!("ktap: {what}"),
         StopReason::HostError(e) => format!("internal error: {e}"),
     };
-    format!("kvmini: {what} (exit status {})", code(reason))
+    what
 }
 
 fn signal_name(sig: i32) -> String {

@@ -67,6 +67,8 @@ pub enum Error {
     SerialBackend(#[from] console::backend::Error),
     #[error("--serial-log {0}: cannot create the file")]
     SerialLog(std::path::PathBuf, #[source] std::io::Error),
+    #[error("--junit {0}: cannot create the file")]
+    Junit(std::path::PathBuf, #[source] std::io::Error),
     #[error("{0}: kvmini cannot write one file twice, nor overwrite what it reads")]
     SameFile(String),
     #[error("--input {0}: cannot read the file")]
@@ -129,6 +131,7 @@ impl Error {
             | Error::Disk(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
+            | Error::Junit(..)
             | Error::SameFile(_)
             | Error::Input(..)
             | Error::Pattern(..) => BAD_INPUT,
@@ -177,9 +180,17 @@ fn regex_reason(e: &regex::Error) -> String {
 
 /// Refuses two outputs that are one file, or an output that is an input,
 /// before either is truncated; then empties the files kvmini opened.
-fn check_outputs(config: &VmConfig, ports: &[Port]) -> Result<(), Error> {
+fn check_outputs(
+    config: &VmConfig,
+    ports: &[Port],
+    junit: Option<&std::fs::File>,
+) -> Result<(), Error> {
     let mut outputs: Vec<(String, &std::fs::File)> = Vec::new();
     let mut opened = Vec::new();
+    if let (Some(p), Some(f)) = (&config.junit, junit) {
+        outputs.push((format!("--junit {}", p.display()), f));
+        opened.push(f);
+    }
     if let (Some(p), Some(log)) = (&config.serial_log, ports[0].log()) {
         outputs.push((format!("--serial-log {}", p.display()), log.file()));
         opened.push(log.file());
@@ -231,7 +242,11 @@ fn read_input(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 
 /// Opens the serial back ends, the log and the watchers: everything of the
 /// console that outlives one boot of the guest.
-fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, Error> {
+fn console(
+    config: &VmConfig,
+    stdin: Stdin,
+    start: Instant,
+) -> Result<(Console, Option<std::fs::File>), Error> {
     let until = compile("--until", &config.until)?;
     let fail_on = compile("--fail-on", &config.fail_on)?;
     let input_after = compile("--input-after", config.input_after.as_slice())?
@@ -269,15 +284,65 @@ fn console(config: &VmConfig, stdin: Stdin, start: Instant) -> Result<Console, E
             None,
         ));
     }
-    check_outputs(config, &ports)?;
+    let junit = config
+        .junit
+        .as_ref()
+        .map(|p| crate::host_file::open_output(p).map_err(|e| Error::Junit(p.clone(), e)))
+        .transpose()?;
+    check_outputs(config, &ports, junit.as_ref())?;
     let has_input_after = input_after.is_some();
-    Ok(Console::new(
+    let mut console = Console::new(
         ports,
         stdin,
         PatternWatch::new(until, fail_on, input_after),
         input,
         has_input_after,
-    ))
+    );
+    if config.ktap {
+        console.watch_ktap(config.ktap_keep_going);
+    }
+    Ok((console, junit))
+}
+
+/// `--ktap` after the VM stopped: a guest that shut down by itself before
+/// its plan completed failed its run; every other ending keeps its own
+/// status. Returns the reason, the summary line, and writes `--junit`.
+fn ktap_outcome(
+    config: &VmConfig,
+    console: &Console,
+    junit: Option<std::fs::File>,
+    reason: StopReason,
+) -> (StopReason, Option<String>) {
+    let Some(k) = console.ktap() else {
+        return (reason, None);
+    };
+    let mut reason = reason;
+    let mut incomplete = None;
+    if k.verdict().is_none() {
+        let ended = match &reason {
+            StopReason::PowerOff => Some("the guest powered off"),
+            StopReason::Reset => Some("the guest rebooted"),
+            StopReason::GuestExit(0) => Some("the guest wrote 0 to the debug-exit port"),
+            _ => None,
+        };
+        let why = format!(
+            "{}; {}",
+            k.progress(),
+            crate::status::describe_short(&reason)
+        );
+        if let Some(ended) = ended {
+            reason = StopReason::KtapFailed(format!("{}; {ended}", k.progress()));
+        }
+        incomplete = Some(why);
+    }
+    if let (Some(path), Some(f)) = (&config.junit, junit) {
+        let xml = k.junit(incomplete.as_deref());
+        if let Err(e) = crate::host_file::write_all_waiting(&f, xml.as_bytes()) {
+            reason =
+                StopReason::HostError(format!("--junit {}: cannot write: {e}", path.display()));
+        }
+    }
+    (reason, Some(k.summary()))
 }
 
 /// The main thread's subscribers that outlive one boot (the console is
@@ -291,6 +356,8 @@ struct LoopState {
 #[derive(Debug)]
 pub struct Outcome {
     pub reason: StopReason,
+    /// `--ktap`'s "ktap: N passed, N failed, N skipped" line.
+    pub ktap_summary: Option<String>,
     /// The `--boot-trace` timeline, if asked for.
     pub boot_trace: Option<String>,
 }
@@ -328,7 +395,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     register_signal_handler(kick_signal(), vcpu::kick_handler)
         .map_err(|e| Error::Console(std::io::Error::from_raw_os_error(e.errno())))?;
     let stdin = Stdin::detect();
-    let mut console = console(config, stdin, start)?;
+    let (mut console, junit) = console(config, stdin, start)?;
     let mut loop_state = LoopState {
         signals: event_loop::Signals(signals),
         timeout: event_loop::Timeout(config.timeout.map(|t| start + t)),
@@ -422,8 +489,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             }
         }
         vmm.finish();
+        let (reason, ktap_summary) = ktap_outcome(config, &console, junit, reason);
         return Ok(Outcome {
             reason,
+            ktap_summary,
             boot_trace: shared.trace.map(|t| t.render()),
         });
     }

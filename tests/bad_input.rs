@@ -708,3 +708,32 @@ fn append_with_bad_bytes_or_too_long_is_bad_input() {
         &["--serial", "not a back end"],
     );
 }
+
+#[test]
+fn ktap_options_need_ktap_and_junit_needs_a_writable_file() {
+    for args in [&["--junit", "r.xml"][..], &["--ktap-keep-going"]] {
+        // clap's own words: "the following required arguments were not
+        // provided: --ktap".
+        assert_error(&kvmini(args), 2, &["required", "--ktap"]);
+    }
+    let dir = TempDir::new("bad-junit");
+    let d = dir.path("adir");
+    std::fs::create_dir(&d).unwrap();
+    let d = d.to_str().unwrap();
+    assert_error(
+        &kvmini(&["--ktap", "--junit", d]),
+        2,
+        &[
+            &format!("--junit {d}: cannot create the file"),
+            "Is a directory",
+        ],
+    );
+    // The JUnit file may not be a file kvmini writes under another flag.
+    let log = dir.path("console.log");
+    let log = log.to_str().unwrap();
+    assert_error(
+        &kvmini(&["--ktap", "--junit", log, "--serial-log", log]),
+        2,
+        &["--junit", "--serial-log", "one file twice"],
+    );
+}

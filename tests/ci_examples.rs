@@ -496,3 +496,54 @@ fn append_keeps_the_default_command_line() {
         r.stdout_str()
     );
 }
+
+// ---- Using kvmini in CI: KTAP verdicts and JUnit ----------------------------
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn ktap_examples_with_the_tiny_guest() {
+    for (example, want, line) in [
+        (
+            "kvmini --cmdline 'ktap=pp(pps)p' --ktap --junit results.xml --timeout 10s; echo $?   # 0, \"ktap: 5 passed, 0 failed, 1 skipped\"",
+            "0",
+            "ktap: 5 passed, 0 failed, 1 skipped",
+        ),
+        (
+            "kvmini --cmdline 'ktap=pfp' --ktap --timeout 10s; echo $?                          # 7, \"kvmini: ktap: not ok 2 case_2\"",
+            "7",
+            "kvmini: ktap: not ok 2 case_2 (exit status 7)",
+        ),
+        (
+            "kvmini --cmdline 'ktap=pp!p ktap-end=spin' --ktap --timeout 2s; echo $?            # 5, \"... report incomplete: 2 of 3 top-level results ...\"",
+            "5",
+            "ktap: 2 passed, 0 failed, 0 skipped (report incomplete: 2 of 3 top-level results, the last \"ok 2 case_2\")",
+        ),
+    ] {
+        assert_in_ci_section(example);
+        let dir = TempDir::new("ci-ktap");
+        let r = sh(&dir.0, example);
+        r.assert_no_panic();
+        assert_eq!(last_stdout_line(&r), want, "{example}\nstderr:\n{}", r.stderr);
+        assert!(
+            r.stderr.lines().any(|l| l == line),
+            "{example}: no {line:?} in\n{}",
+            r.stderr
+        );
+        if example.contains("--junit results.xml") {
+            let xml = std::fs::read_to_string(dir.path("results.xml")).unwrap();
+            assert_eq!(xml.matches("<testcase ").count(), 6, "{xml}");
+        }
+    }
+}
+
+const KUNIT: &str = "kvmini --kernel bzImage --append 'kunit.enable=1 kunit_shutdown=poweroff' --ktap --junit kunit.xml --serial-log console.log --timeout 300s";
+
+#[test]
+fn kunit_example_flags_are_accepted() {
+    assert_in_ci_section(KUNIT);
+    let dir = TempDir::new("ci-kunit");
+    assert_flags_accepted(&dir.0, KUNIT);
+}

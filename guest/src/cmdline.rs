@@ -1,7 +1,7 @@
 //! Command-line parsing: space-separated words; the first word that is a mode
-//! selects it (no mode word: hello); `seed=S`, `ops=N` and `then-spin` are
-//! options that may appear anywhere (first occurrence wins); every other word
-//! is ignored.
+//! selects it (no mode word: hello); `seed=S`, `ops=N`, `then-spin`, `tap13`,
+//! `stamp` and `ktap-end=W` are options that may appear anywhere (first
+//! occurrence wins); every other word is ignored.
 //! Numbers are decimal u64; a word whose number does not parse (or, for
 //! `exit=`, exceeds 255) is not a mode word and is ignored like any unknown word.
 
@@ -24,10 +24,29 @@ pub enum Mode {
     Post,
     Blk,
     Loopback,
+    /// `ktap=SPEC` (see ktap.rs); the spec is in [`Args::ktap`].
+    Ktap,
+}
+
+/// What `ktap=` does after its report: `ktap-end=WORD`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KtapEnd {
+    Exit,
+    PowerOff,
+    Fault,
+    Panic,
+    Spin,
 }
 
 pub struct Args {
     pub mode: Mode,
+    /// The SPEC of `ktap=SPEC`.
+    pub ktap: &'static [u8],
+    /// `tap13` and `stamp` for ktap.
+    pub tap13: bool,
+    pub stamp: bool,
+    /// `ktap-end=WORD` (default exit).
+    pub ktap_end: KtapEnd,
     /// `seed=S` for flood (default 0).
     pub seed: u64,
     /// `ops=N` for chaos (default 400).
@@ -89,15 +108,35 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
     })
 }
 
-pub fn parse(cmdline: &[u8]) -> Args {
+pub fn parse(cmdline: &'static [u8]) -> Args {
     let mut mode = None;
+    let mut ktap: &'static [u8] = &[];
+    let mut ktap_end = None;
+    let (mut tap13, mut stamp) = (false, false);
     let mut seed = None;
     let mut ops = None;
     let mut then_spin = false;
     for word in cmdline.split(|&c| c == b' ').filter(|w| !w.is_empty()) {
         if mode.is_none() {
-            mode = mode_of(word);
+            if let Some(spec) = word.strip_prefix(b"ktap=") {
+                mode = Some(Mode::Ktap);
+                ktap = spec;
+            } else {
+                mode = mode_of(word);
+            }
         }
+        if ktap_end.is_none() {
+            ktap_end = match word.strip_prefix(b"ktap-end=") {
+                Some(b"exit") => Some(KtapEnd::Exit),
+                Some(b"poweroff") => Some(KtapEnd::PowerOff),
+                Some(b"fault") => Some(KtapEnd::Fault),
+                Some(b"panic") => Some(KtapEnd::Panic),
+                Some(b"spin") => Some(KtapEnd::Spin),
+                _ => None,
+            };
+        }
+        tap13 |= word == b"tap13";
+        stamp |= word == b"stamp";
         if seed.is_none() {
             seed = kv(word, b"seed");
         }
@@ -108,6 +147,10 @@ pub fn parse(cmdline: &[u8]) -> Args {
     }
     Args {
         mode: mode.unwrap_or(Mode::Hello),
+        ktap,
+        tap13,
+        stamp,
+        ktap_end: ktap_end.unwrap_or(KtapEnd::Exit),
         seed: seed.unwrap_or(0),
         ops: ops.unwrap_or(DEFAULT_CHAOS_OPS),
         then_spin,

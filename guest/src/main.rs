@@ -34,6 +34,10 @@
 //!               scratch-register reads, then silently echoes like `echo`
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
 //!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
+//!   ktap=SPEC   a KTAP report as SPEC describes it (p pass, f fail, s skip,
+//!               (...) a suite, ! stop there; see ktap.rs), then exit 0 or
+//!               what ktap-end=exit|poweroff|fault|panic|spin says; `tap13`
+//!               for kselftest's TAP 13, `stamp` for printk timestamps
 //! Exit status N = 1-byte `out 0xf4` (isa-debug-exit; QEMU reports (N<<1)|1),
 //! falling back to an i8042 reset (`out 0x64, 0xfe`) and then `cli; hlt`.
 
@@ -45,6 +49,7 @@ mod bootinfo;
 mod chaos;
 mod cmdline;
 mod io;
+mod ktap;
 mod mem;
 
 use core::arch::{asm, global_asm};
@@ -79,6 +84,22 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Post => post(),
         Mode::Blk => blk::run(),
         Mode::Loopback => loopback(),
+        Mode::Ktap => {
+            let style = ktap::Style {
+                tap13: args.tap13,
+                stamp: args.stamp,
+            };
+            ktap::report(args.ktap, style);
+            match args.ktap_end {
+                cmdline::KtapEnd::Exit => io::exit(0),
+                cmdline::KtapEnd::PowerOff => poweroff(),
+                cmdline::KtapEnd::Fault => fault(),
+                cmdline::KtapEnd::Panic => {
+                    reboot(b"Kernel panic - not syncing: tiny guest asked for it\n")
+                }
+                cmdline::KtapEnd::Spin => spin(),
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::control::{StopReason, VmControl};
 use crate::devices::serial::SerialDevice;
 use crate::event_loop::{Interest, Subscriber};
+use crate::ktap::{Ktap, Verdict as KtapVerdict};
 pub use backend::Backend;
 pub use log_file::SerialLog;
 use queue::OutQueue;
@@ -338,8 +339,11 @@ pub struct Console {
     patterns: PatternWatch,
     panic_watch: FixedWatch,
     panicked: bool,
-    /// The first `--fail-on`/`--until` match of this boot.
+    /// The first `--fail-on`/`--until` match (or `--ktap` verdict) of this
+    /// boot.
     verdict: Option<StopReason>,
+    /// `--ktap`'s reader of COM1, new for each boot.
+    ktap: Option<Ktap>,
     /// `--input` bytes held back until `--input-after` matches.
     deferred_input: Option<Vec<u8>>,
 }
@@ -389,6 +393,7 @@ impl Console {
             panic_watch: FixedWatch::new(PANIC_BANNER),
             panicked: false,
             verdict: None,
+            ktap: None,
             deferred_input: None,
         };
         match (input, input_after) {
@@ -397,6 +402,16 @@ impl Console {
             (None, _) => {}
         }
         console
+    }
+
+    /// Reads COM1's output as a KTAP report from now on (`--ktap`).
+    pub fn watch_ktap(&mut self, keep_going: bool) {
+        self.ktap = Some(Ktap::new(keep_going));
+    }
+
+    /// The KTAP reader of this boot, with `--ktap`.
+    pub fn ktap(&self) -> Option<&Ktap> {
+        self.ktap.as_ref()
     }
 
     /// True once COM1 showed the Linux panic banner during this boot.
@@ -413,6 +428,9 @@ impl Console {
     pub fn rebooted(&mut self) {
         self.panicked = false;
         self.verdict = None;
+        if let Some(k) = &mut self.ktap {
+            *k = Ktap::new(k.keep_going());
+        }
     }
 
     fn wants_input(&self, i: usize) -> bool {
@@ -452,6 +470,13 @@ impl Console {
         }
         if self.panic_watch.feed(buf) {
             self.panicked = true;
+        }
+        if let Some(verdict) = self.ktap.as_mut().and_then(|k| k.feed(buf)) {
+            let reason = match verdict {
+                KtapVerdict::Passed => StopReason::KtapPassed,
+                KtapVerdict::Failed(line) => StopReason::KtapFailed(line),
+            };
+            self.decide(reason, control);
         }
         for event in self.patterns.feed(buf) {
             match event {
@@ -764,6 +789,8 @@ fn ended_by_kvmini(reason: &StopReason) -> bool {
         reason,
         StopReason::Until(_)
             | StopReason::FailOn(_)
+            | StopReason::KtapPassed
+            | StopReason::KtapFailed(_)
             | StopReason::Timeout
             | StopReason::Signal(_)
             | StopReason::ConsoleQuit
