@@ -137,6 +137,13 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "ktap")]
     pub junit: Option<PathBuf>,
 
+    /// How a write of N to the debug-exit port 0xf4 becomes kvmini's exit
+    /// status: `verbatim` (N itself) or `qemu` ((N << 1) | 1, as QEMU's
+    /// isa-debug-exit gives: harnesses written for QEMU, such as Rust OS
+    /// test runners expecting 33 for success, work unchanged).
+    #[arg(long, value_enum, value_name = "RULE", default_value_t = DebugExitStatus::Verbatim)]
+    pub debug_exit_status: DebugExitStatus,
+
     /// Type the bytes of this file into COM1, as soon as the guest reads
     /// (or, with --input-after, once the output matches).
     /// Example: --input commands.txt
@@ -193,7 +200,8 @@ pub struct Args {
 
 /// The built-in tiny guest's modes, as --help lists them (the README's
 /// table says what each does; a test checks the two name the same modes).
-pub const TINY_GUEST_MODES: &str = "hello, exit=N, echo, loopback, flood=N [seed=S] \
+pub const TINY_GUEST_MODES: &str =
+    "hello, exit=N [exit-width=1|2|4], echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
     blk, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
@@ -206,6 +214,12 @@ fn cmdline_help() -> String {
          The built-in guest's modes (the first mode word wins): {TINY_GUEST_MODES}.\n\
          Example: --cmdline 'console=ttyS0 quiet', --cmdline echo"
     )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DebugExitStatus {
+    Verbatim,
+    Qemu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -427,6 +441,10 @@ impl Args {
             ktap: self.ktap,
             ktap_keep_going: self.ktap_keep_going,
             junit: self.junit,
+            debug_exit: match self.debug_exit_status {
+                DebugExitStatus::Verbatim => crate::devices::debug_exit::ExitRule::Verbatim,
+                DebugExitStatus::Qemu => crate::devices::debug_exit::ExitRule::Qemu,
+            },
             input: self.input,
             input_after: self.input_after,
             boot_trace: self.boot_trace,

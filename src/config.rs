@@ -95,6 +95,8 @@ pub struct VmConfig {
     pub ktap_keep_going: bool,
     /// With `ktap`: write the report as JUnit XML here at the end.
     pub junit: Option<PathBuf>,
+    /// How a debug-exit write becomes the exit status.
+    pub debug_exit: crate::devices::debug_exit::ExitRule,
     /// Bytes typed into COM1.
     pub input: Option<PathBuf>,
     /// Type `input` once COM1's output matches this.
@@ -129,6 +131,7 @@ impl Default for VmConfig {
             ktap: false,
             ktap_keep_going: false,
             junit: None,
+            debug_exit: Default::default(),
             input: None,
             input_after: None,
             boot_trace: false,

@@ -11,6 +11,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub enum StopReason {
     /// The guest wrote this byte to the debug-exit port.
     GuestExit(u8),
+    /// The guest wrote this byte to the debug-exit port, under
+    /// `--debug-exit-status qemu`: the status is `(byte << 1) | 1`.
+    GuestExitQemu(u8),
     /// The guest asked for a reset (i8042, ACPI reset register, or a
     /// triple fault of a kernel booted with reboot=t).
     Reset,

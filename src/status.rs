@@ -20,7 +20,9 @@ pub const TABLE: &[Row] = &[
     },
     Row {
         status: "N",
-        meaning: "the guest wrote byte N to the debug-exit port 0xf4 (passed through unchanged)",
+        meaning: "the guest wrote N to the debug-exit port 0xf4 (with outb, outw or outl: the \
+                  low byte, passed through unchanged; with `--debug-exit-status qemu`, \
+                  2N+1 (modulo 256) as QEMU's isa-debug-exit gives)",
     },
     Row {
         status: "1",
@@ -110,6 +112,7 @@ pub const SIGNAL_BASE: u8 = 128;
 pub fn code(reason: &StopReason) -> u8 {
     match reason {
         StopReason::GuestExit(n) => *n,
+        StopReason::GuestExitQemu(n) => (n << 1) | 1,
         StopReason::Reset
         | StopReason::PowerOff
         | StopReason::Until(_)
@@ -137,6 +140,9 @@ pub fn describe(reason: &StopReason) -> String {
 pub fn describe_short(reason: &StopReason) -> String {
     let what = match reason {
         StopReason::GuestExit(n) => format!("guest wrote {n} to the debug-exit port"),
+        StopReason::GuestExitQemu(n) => {
+            format!("guest wrote {n} to the debug-exit port (QEMU's rule: status ({n} << 1) | 1)")
+        }
         StopReason::Reset => "guest rebooted".into(),
         StopReason::PowerOff => "guest powered off".into(),
         StopReason::Panic => "guest kernel panicked".into(),

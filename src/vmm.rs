@@ -28,7 +28,8 @@ use crate::devices::virtio::block::{self, Disk};
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{
-    acpi_pm::AcpiPm, debug_exit::DebugExit, i8042::I8042, post::PostCode, serial::SerialDevice,
+    acpi_pm::AcpiPm, debug_exit::DebugExit, debug_exit::ExitRule, fw_cfg::FwCfg, i8042::I8042,
+    post::PostCode, serial::SerialDevice,
 };
 use crate::event_loop;
 use crate::loader::{self, LoadedKernel};
@@ -544,7 +545,13 @@ impl Vmm {
         let control = Arc::new(VmControl::new().map_err(Error::Console)?);
         let mut devices = DeviceManager::new();
         devices.confine_workers(shared.worker_filter, control.clone());
-        let wiring = plan_devices(&mut devices, ports, &control, &shared.trace)?;
+        let wiring = plan_devices(
+            &mut devices,
+            ports,
+            &Platform::of(config),
+            &control,
+            &shared.trace,
+        )?;
         for (i, disk) in disks.iter().enumerate() {
             plan_disk(&mut devices, i, disk.clone())?;
         }
@@ -1041,6 +1048,25 @@ fn create_vcpu(setup: &VcpuSetup, vm: &Vm, cpuid: &CpuId) -> Result<Vcpu, Error>
     Ok(vcpu)
 }
 
+/// What the legacy devices tell the guest about the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Platform {
+    /// Guest RAM in bytes (fw_cfg's RAM size).
+    pub memory: u64,
+    pub cpus: u8,
+    pub debug_exit: ExitRule,
+}
+
+impl Platform {
+    pub fn of(config: &VmConfig) -> Self {
+        Self {
+            memory: config.memory,
+            cpus: config.cpus,
+            debug_exit: config.debug_exit,
+        }
+    }
+}
+
 /// The legacy PC devices every guest gets, and `ports` UARTs (COM1, then
 /// COM2) each writing into a fresh output queue; returns the UARTs' wiring.
 /// (Public for the fuzz targets, which test the devices as kvmini wires
@@ -1048,6 +1074,7 @@ fn create_vcpu(setup: &VcpuSetup, vm: &Vm, cpuid: &CpuId) -> Result<Vcpu, Error>
 pub fn plan_devices(
     devices: &mut DeviceManager,
     ports: usize,
+    platform: &Platform,
     control: &Arc<VmControl>,
     trace: &Option<Arc<BootTrace>>,
 ) -> Result<Vec<Wiring>, Error> {
@@ -1077,8 +1104,21 @@ pub fn plan_devices(
     }
     let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(control.clone())));
     devices.add_port_device("i8042", i8042, I8042_PORT, I8042_PORT_COUNT)?;
-    let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(control.clone())));
-    devices.add_port_device("debug-exit", debug_exit, DEBUG_EXIT_PORT, 1)?;
+    let debug_exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(
+        control.clone(),
+        platform.debug_exit,
+    )));
+    devices.add_port_device(
+        "debug-exit",
+        debug_exit,
+        DEBUG_EXIT_PORT,
+        DEBUG_EXIT_PORT_COUNT,
+    )?;
+    let fw_cfg: SharedDevice = Arc::new(Mutex::new(FwCfg::new(
+        platform.memory,
+        u16::from(platform.cpus),
+    )));
+    devices.add_port_device("fw_cfg", fw_cfg, FW_CFG_PORT, FW_CFG_PORT_COUNT)?;
     let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(control.clone())));
     devices.add_port_device("ACPI PM", pm, PM1A_EVT_PORT, ACPI_PORT_COUNT)?;
     let post: SharedDevice = Arc::new(Mutex::new(PostCode::new(trace.clone())));

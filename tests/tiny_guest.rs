@@ -310,3 +310,34 @@ fn each_verbosity_adds_its_own_lines() {
     );
     assert!(trace.lines().count() > debug.lines().count() + 10);
 }
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn debug_exit_takes_outb_outw_and_outl_and_qemus_rule() {
+    for width in ["1", "2", "4"] {
+        let r = kvmini(&["--cmdline", &format!("exit=42 exit-width={width}")]);
+        assert_eq!(r.status, Some(42), "exit-width={width}: {}", r.stderr);
+        assert_eq!(
+            r.last_stderr_line(),
+            "kvmini: guest wrote 42 to the debug-exit port (exit status 42)"
+        );
+    }
+    // QEMU's isa-debug-exit: (N << 1) | 1, in 8 bits: a Rust OS test
+    // runner's success code 0x10 is 33, 0 is 1, 0x80 wraps to 1.
+    for (n, status) in [(16, 33), (0, 1), (3, 7), (128, 1), (127, 255)] {
+        let r = kvmini(&[
+            "--debug-exit-status",
+            "qemu",
+            "--cmdline",
+            &format!("exit={n} exit-width=4"),
+        ]);
+        assert_eq!(r.status, Some(status), "exit={n}: {}", r.stderr);
+        assert_eq!(
+            r.last_stderr_line(),
+            format!("kvmini: guest wrote {n} to the debug-exit port (QEMU's rule: status ({n} << 1) | 1) (exit status {status})")
+        );
+    }
+}

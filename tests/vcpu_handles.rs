@@ -74,7 +74,10 @@ fn boot(cmdline: &str, cpus: u8) -> Guest {
 
     let control = Arc::new(VmControl::new().unwrap());
     let mut io = Bus::new();
-    let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
+    let debug_exit = Arc::new(Mutex::new(DebugExit::new(
+        control.clone(),
+        kvmini::devices::debug_exit::ExitRule::Verbatim,
+    )));
     io.insert(debug_exit, u64::from(DEBUG_EXIT_PORT), 1)
         .unwrap();
     let (io, mmio) = (Arc::new(io), Arc::new(Bus::new()));

@@ -28,7 +28,8 @@
 //!    and the POST port (post.rs). Every MMIO read reads all ones (the MMIO
 //!    bus is empty).
 //! 4. `VmControl::reason()` is exactly the first of these, in order, and
-//!    nothing else: a 1-byte write of B to 0xf4 -> GuestExit(B); a 1-byte
+//!    nothing else: a 1-, 2- or 4-byte write to 0xf4 whose low byte is B
+//!    -> GuestExit(B); a 1-byte
 //!    write of 0xFE to 0x64 -> Reset; a 1-byte write of 0xFE to the ACPI
 //!    reset register (0x608) -> Reset; a write covering the high byte of
 //!    PM1a_CNT (0x605) with SLP_EN set and SLP_TYP = S5 -> PowerOff.
@@ -69,7 +70,8 @@ use kvmini::control::{StopReason, VmControl};
 use kvmini::device_manager::DeviceManager;
 use kvmini::trace::BootTrace;
 use kvmini::vcpu::exit::{handle, kvm_debug_exit_arch, Action, Exit, TripleFault};
-use kvmini::vmm::plan_devices;
+use kvmini::devices::debug_exit::ExitRule;
+use kvmini::vmm::{plan_devices, Platform};
 
 /// Longest string I/O buffer (KVM itself caps string I/O at a page).
 const MAX_IO_BYTES: usize = 1024;
@@ -103,6 +105,7 @@ enum Dev {
     DebugExit,
     Acpi,
     Post,
+    FwCfg,
 }
 
 /// Element size of a port access: the three real ones, and malformed ones.
@@ -164,12 +167,13 @@ struct Input {
 // ---------------------------------------------------------------- machine
 
 /// What the port map looks like: (device, base, length), as in Vmm::build.
-fn ranges() -> [(Dev, u16, u16); 6] {
+fn ranges() -> [(Dev, u16, u16); 7] {
     [
         (Dev::Com1, COM1_PORT, UART_PORT_COUNT),
         (Dev::Com2, COM2_PORT, UART_PORT_COUNT),
         (Dev::I8042, I8042_PORT, I8042_PORT_COUNT),
-        (Dev::DebugExit, DEBUG_EXIT_PORT, 1),
+        (Dev::DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT),
+        (Dev::FwCfg, FW_CFG_PORT, FW_CFG_PORT_COUNT),
         (Dev::Acpi, PM1A_EVT_PORT, ACPI_PORT_COUNT),
         (Dev::Post, POST_PORT, 1),
     ]
@@ -195,7 +199,13 @@ impl Machine {
         let control = Arc::new(VmControl::new().unwrap());
         let trace = Arc::new(BootTrace::new(std::time::Instant::now()));
         let mut devices = DeviceManager::new();
-        let uarts = plan_devices(&mut devices, 2, &control, &Some(trace.clone())).unwrap();
+        let platform = Platform {
+            memory: 128 << 20,
+            cpus: 1,
+            debug_exit: ExitRule::Verbatim,
+        };
+        let uarts =
+            plan_devices(&mut devices, 2, &platform, &control, &Some(trace.clone())).unwrap();
         let (io, mmio) = devices.buses();
         Self {
             io,
@@ -364,7 +374,9 @@ impl Model {
             return;
         }
         match (dev, off, chunk) {
-            (Dev::DebugExit, 0, &[b]) => self.stop(StopReason::GuestExit(b)),
+            (Dev::DebugExit, 0, c) if matches!(c.len(), 1 | 2 | 4) => {
+                self.stop(StopReason::GuestExit(c[0]))
+            }
             (Dev::Post, 0, &[b]) => self.post_codes.push(b),
             (Dev::I8042, 4, &[I8042_RESET]) => self.stop(StopReason::Reset),
             (Dev::Acpi, 8, c) => {

@@ -60,23 +60,20 @@ enum WriteRule {
     Never,
 }
 
-/// The never-write list: a 1-byte write to 0xf4 (debug exit; 2- and 4-byte
-/// writes at exactly 0xf4 are allowed), a 1-byte write of 0xFE to 0x64
-/// (i8042 reset), anything touching 0x600..=0x60f (ACPI PM) or 0x505
-/// (pvpanic). To stay clear of VMMs that decode by range, a wider access that
-/// merely overlaps 0xf4 or 0x64 without starting there is refused too.
+/// The never-write list: anything touching 0xf4..=0xf7 (the debug exit:
+/// kvmini and QEMU's isa-debug-exit end the VM on a write of any width
+/// there), a 1-byte write of 0xFE to 0x64 (i8042 reset), anything touching
+/// 0x600..=0x60f (ACPI PM) or 0x505 (pvpanic). To stay clear of VMMs that
+/// decode by range, a wider access that merely overlaps 0x64 without
+/// starting there is refused too.
 fn write_rule(port: u16, size: u8) -> WriteRule {
     let (lo, hi) = (port as u32, port as u32 + size as u32); // [lo, hi)
     let hits = |p: u32| lo <= p && p < hi;
     if (lo < 0x610 && hi > 0x600) || hits(0x505) {
         return WriteRule::Never;
     }
-    if hits(0xf4) {
-        return if lo == 0xf4 && size > 1 {
-            WriteRule::Any
-        } else {
-            WriteRule::Never
-        };
+    if lo < 0xf8 && hi > 0xf4 {
+        return WriteRule::Never;
     }
     if hits(0x64) {
         return match (lo == 0x64, size) {

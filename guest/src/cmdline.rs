@@ -1,6 +1,6 @@
 //! Command-line parsing: space-separated words; the first word that is a mode
 //! selects it (no mode word: hello); `seed=S`, `ops=N`, `then-spin`, `tap13`,
-//! `stamp` and `ktap-end=W` are options that may appear anywhere (first
+//! `stamp`, `ktap-end=W` and `exit-width=W` are options that may appear anywhere (first
 //! occurrence wins); every other word is ignored.
 //! Numbers are decimal u64; a word whose number does not parse (or, for
 //! `exit=`, exceeds 255) is not a mode word and is ignored like any unknown word.
@@ -47,6 +47,8 @@ pub struct Args {
     pub stamp: bool,
     /// `ktap-end=WORD` (default exit).
     pub ktap_end: KtapEnd,
+    /// `exit-width=2` or `=4`: `exit=N` writes the port with outw or outl.
+    pub exit_width: u8,
     /// `seed=S` for flood (default 0).
     pub seed: u64,
     /// `ops=N` for chaos (default 400).
@@ -113,6 +115,7 @@ pub fn parse(cmdline: &'static [u8]) -> Args {
     let mut ktap: &'static [u8] = &[];
     let mut ktap_end = None;
     let (mut tap13, mut stamp) = (false, false);
+    let mut exit_width = None;
     let mut seed = None;
     let mut ops = None;
     let mut then_spin = false;
@@ -135,6 +138,9 @@ pub fn parse(cmdline: &'static [u8]) -> Args {
                 _ => None,
             };
         }
+        if exit_width.is_none() {
+            exit_width = kv(word, b"exit-width").and_then(|w| u8::try_from(w).ok());
+        }
         tap13 |= word == b"tap13";
         stamp |= word == b"stamp";
         if seed.is_none() {
@@ -151,6 +157,7 @@ pub fn parse(cmdline: &'static [u8]) -> Args {
         tap13,
         stamp,
         ktap_end: ktap_end.unwrap_or(KtapEnd::Exit),
+        exit_width: exit_width.unwrap_or(1),
         seed: seed.unwrap_or(0),
         ops: ops.unwrap_or(DEFAULT_CHAOS_OPS),
         then_spin,

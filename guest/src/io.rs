@@ -155,7 +155,17 @@ pub fn getc(base: u16) -> u8 {
 /// without that device falls through to the i8042 reset, and then we halt
 /// forever with interrupts off.
 pub fn exit(status: u8) -> ! {
-    outb(DEBUG_EXIT, status);
+    exit_width(status, 1)
+}
+
+/// Like [`exit`], with an `outw` (`width` 2) or `outl` (4) of `status`,
+/// its upper bytes set to show that only the low byte counts.
+pub fn exit_width(status: u8, width: u8) -> ! {
+    match width {
+        2 => outw(DEBUG_EXIT, 0xa500 | u16::from(status)),
+        4 => outl(DEBUG_EXIT, 0xa5a5_a500 | u32::from(status)),
+        _ => outb(DEBUG_EXIT, status),
+    }
     outb(I8042_CMD, 0xfe);
     halt_forever()
 }

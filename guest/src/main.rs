@@ -10,7 +10,8 @@
 //! Modes (first mode word on the command line wins; default `hello`):
 //!   hello       "kvmini tiny guest\nmemory: <M> MiB\ncmdline: <cmdline>\n", exit 0
 //!               (M = RAM entries summed, rounded up to MiB; `rep outsb` per piece)
-//!   exit=N      exit with status N (0..=255), no output
+//!   exit=N      exit with status N (0..=255), no output; `exit-width=2` or
+//!               `=4` writes it with outw or outl (upper bytes 0xa5)
 //!   echo        "echo ready\n", then echo COM1 input back until Ctrl-D (0x04), exit 0
 //!               (a CR comes back as CR LF)
 //!   flood=N     N pattern bytes on COM1 (seed=S), LSR-polled per byte, exit 0;
@@ -68,7 +69,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
     let args = cmdline::parse(boot.cmdline);
     match args.mode {
         Mode::Hello => hello(&boot),
-        Mode::Exit(n) => io::exit(n),
+        Mode::Exit(n) => io::exit_width(n, args.exit_width),
         Mode::Echo => echo(),
         Mode::Flood(n) => flood(n, args.seed, args.then_spin),
         Mode::Fault => fault(),

@@ -2,6 +2,7 @@
 
 pub mod acpi_pm;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod post;
 pub mod serial;

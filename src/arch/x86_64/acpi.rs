@@ -1,5 +1,7 @@
 //! The guest's ACPI description, built with the acpi_tables crate: RSDP,
-//! XSDT, FADT (with kvmini's PM1a block and reset register), FACS, a DSDT
+//! XSDT and RSDT (the same two tables: ACPI 1.0 readers such as
+//! kvm-unit-tests follow the RSDT), FADT (with kvmini's PM1a block, PM
+//! timer and reset register; 32- and 64-bit addresses), FACS, a DSDT
 //! holding \_S5 so Linux's poweroff path writes the sleep command to a
 //! port kvmini owns, and a MADT listing every vCPU's local APIC and the
 //! IOAPIC. Tables are placed one after another from [`ACPI_START`].
@@ -19,7 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_START, APIC_START, EBDA_START, IOAPIC_START,
-    PM1A_CNT_PORT, PM1A_EVT_PORT,
+    PM1A_CNT_PORT, PM1A_EVT_PORT, PM_TMR_PORT,
 };
 use crate::devices::acpi_pm::S5_SLP_TYP;
 
@@ -37,6 +39,11 @@ const MADT_PCAT_COMPAT: u32 = 1;
 /// Offset of the MADT flags field (after the header and the LAPIC address).
 const MADT_FLAGS_OFFSET: usize = 40;
 const SDT_CHECKSUM_OFFSET: usize = 9;
+/// RSDP fields patched to add the RSDT (ACPI 6.4, 5.2.5.3): its address,
+/// the checksum of the first 20 bytes, and the extended checksum of all 36.
+const RSDP_RSDT_OFFSET: usize = 16;
+const RSDP_CHECKSUM_OFFSET: usize = 8;
+const RSDP_EXT_CHECKSUM_OFFSET: usize = 32;
 
 /// Errors writing the tables.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +103,22 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         .dsdt_64(dsdt)
         .firmware_ctrl_64(facs)
         .flag(Flags::Wbinvd)
-        .flag(Flags::ResetRegSup);
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::TmrValExt);
+    // The 32-bit addresses too (the tables lie below 1 MiB), equal to the
+    // 64-bit ones as the specification requires when both are set: ACPI
+    // 1.0 readers take only these.
+    f.dsdt = (dsdt as u32).into();
+    f.firmware_ctrl = (facs as u32).into();
+    f.pm_tmr_blk = u32::from(PM_TMR_PORT).into();
+    f.pm_tmr_len = 4;
+    f.x_pm_tmr_blk = GAS::new(
+        AddressSpace::SystemIo,
+        32,
+        0,
+        AccessSize::DwordAccess,
+        u64::from(PM_TMR_PORT),
+    );
     f.sci_int = SCI_IRQ.into();
     f.pm1a_evt_blk = u32::from(PM1A_EVT_PORT).into();
     f.pm1_evt_len = 4;
@@ -137,9 +159,11 @@ fn align(addr: u64, to: u64) -> u64 {
 pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[Vec<u8>]) -> Result<u64, Error> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64, 16);
-    // The XSDT lists two tables: FADT and MADT.
+    // The XSDT and the RSDT list two tables: FADT and MADT.
     let xsdt_len = 36 + 2 * 8;
-    let facs_addr = align(xsdt_addr + xsdt_len, 64);
+    let rsdt_addr = align(xsdt_addr + xsdt_len, 16);
+    let rsdt_len = 36 + 2 * 4;
+    let facs_addr = align(rsdt_addr + rsdt_len, 64);
     let facs = bytes(&FACS::new());
     let dsdt_addr = align(facs_addr + facs.len() as u64, 16);
     let dsdt = dsdt(devices);
@@ -155,10 +179,23 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[Vec<u8>]) -> Res
     xsdt.add_entry(madt_addr);
     let xsdt = bytes(&xsdt);
     debug_assert_eq!(xsdt.len() as u64, xsdt_len);
-    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    let mut rsdt = Sdt::new(*b"RSDT", 36, 1, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for addr in [fadt_addr, madt_addr] {
+        rsdt.append_slice(&(addr as u32).to_le_bytes());
+    }
+    let rsdt = rsdt.as_slice().to_vec();
+    debug_assert_eq!(rsdt.len() as u64, rsdt_len);
+    let mut rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    rsdp[RSDP_RSDT_OFFSET..RSDP_RSDT_OFFSET + 4].copy_from_slice(&(rsdt_addr as u32).to_le_bytes());
+    let checksum = |b: &[u8]| 0u8.wrapping_sub(b.iter().fold(0u8, |a, x| a.wrapping_add(*x)));
+    rsdp[RSDP_CHECKSUM_OFFSET] = 0;
+    rsdp[RSDP_CHECKSUM_OFFSET] = checksum(&rsdp[..20]);
+    rsdp[RSDP_EXT_CHECKSUM_OFFSET] = 0;
+    rsdp[RSDP_EXT_CHECKSUM_OFFSET] = checksum(&rsdp);
     for (addr, data) in [
         (rsdp_addr, &rsdp),
         (xsdt_addr, &xsdt),
+        (rsdt_addr, &rsdt),
         (facs_addr, &facs),
         (dsdt_addr, &dsdt),
         (fadt_addr, &fadt),
@@ -233,6 +270,40 @@ mod tests {
         let facs_addr = u64::from_le_bytes(fadt[132..140].try_into().unwrap());
         assert_eq!(facs_addr % 64, 0);
         assert_eq!(read(&mem, facs_addr, 4), b"FACS");
+    }
+
+    /// What kvm-unit-tests does: scan 0xe0000..0x100000 in 16-byte steps
+    /// for the RSDP, follow its 32-bit RSDT, find the FADT there, and read
+    /// FIRMWARE_CTRL, DSDT and the PM timer block from their 32-bit fields.
+    #[test]
+    fn acpi_1_0_readers_find_the_tables_by_scanning_and_the_rsdt() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_tables(&mem, 2, &[]).unwrap();
+        let rsdp = (0xe0000..0x100000u64)
+            .step_by(16)
+            .find(|&a| read(&mem, a, 8) == b"RSD PTR ")
+            .expect("an RSDP in the BIOS area");
+        let r = read(&mem, rsdp, 36);
+        assert_eq!(sum(&r[..20]), 0);
+        assert_eq!(sum(&r), 0);
+        let rsdt_addr = u32::from_le_bytes(r[16..20].try_into().unwrap());
+        let rsdt = table(&mem, u64::from(rsdt_addr));
+        assert_eq!(&rsdt[..4], b"RSDT");
+        assert_eq!(sum(&rsdt), 0);
+        let entries: Vec<Vec<u8>> = rsdt[36..]
+            .chunks(4)
+            .map(|c| table(&mem, u64::from(u32::from_le_bytes(c.try_into().unwrap()))))
+            .collect();
+        // The same tables as the XSDT's.
+        assert_eq!(entries, tables(&mem, rsdp));
+        let fadt = &entries[0];
+        assert_eq!(&fadt[..4], b"FACP");
+        let u32_at = |o: usize| u32::from_le_bytes(fadt[o..o + 4].try_into().unwrap());
+        assert_eq!(read(&mem, u64::from(u32_at(36)), 4), b"FACS");
+        assert_eq!(read(&mem, u64::from(u32_at(40)), 4), b"DSDT");
+        assert_eq!(u32_at(76), u32::from(PM_TMR_PORT), "PM_TMR_BLK");
+        assert_eq!(fadt[91], 4, "PM_TMR_LEN");
+        assert_ne!(u32_at(112) & (1 << 8), 0, "TMR_VAL_EXT: a 32-bit timer");
     }
 
     #[test]

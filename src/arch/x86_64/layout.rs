@@ -84,12 +84,19 @@ pub const I8042_PORT: u16 = 0x60;
 pub const I8042_PORT_COUNT: u16 = 5;
 /// Debug-exit port (QEMU isa-debug-exit's conventional address).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Its ports (0xf4..=0xf7: an `outl` lands whole, as with QEMU's iosize=4).
+pub const DEBUG_EXIT_PORT_COUNT: u16 = 4;
+/// QEMU's fw_cfg: selector (16 bits) at 0x510, data (bytes) at 0x511.
+pub const FW_CFG_PORT: u16 = 0x510;
+pub const FW_CFG_PORT_COUNT: u16 = 2;
 /// ACPI PM1a event block (status + enable), 4 bytes.
 pub const PM1A_EVT_PORT: u16 = 0x600;
 /// ACPI PM1a control block, 2 bytes: SLP_TYP and SLP_EN.
 pub const PM1A_CNT_PORT: u16 = 0x604;
 /// ACPI reset register (FADT RESET_REG), 1 byte.
 pub const ACPI_RESET_PORT: u16 = 0x608;
+/// ACPI PM timer (FADT PM_TMR_BLK), 4 bytes, 32 bits at 3.579545 MHz.
+pub const PM_TMR_PORT: u16 = 0x60c;
 /// Ports kvmini reserves for its ACPI PM block.
 pub const ACPI_PORT_COUNT: u16 = 0x10;
 /// Value written to the reset register to reset.
