@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::arch::layout::{HIMEM_START, MMIO_GAP_START};
 
+pub mod multiboot;
 pub mod validate;
 
 /// The tiny guest, built from guest/ by build.rs.
