@@ -114,21 +114,28 @@ fn probe_kvm() {
     }
 }
 
-/// Whether the tests that run a real client (socat) can: emits
-/// `cargo:rustc-cfg=has_socat` when `socat -V` runs, and otherwise leaves
-/// those tests `#[ignore]`d with the reason (scripts/install-deps installs
-/// it). Re-probed when /usr/bin changes (a package is installed).
+/// Whether the tests that run a real client (socat) or QEMU beside kvmini
+/// can: emits `cargo:rustc-cfg=has_socat` when `socat -V` runs and
+/// `has_qemu` when `qemu-system-x86_64 --version` does, and otherwise
+/// leaves those tests `#[ignore]`d with the reason (scripts/install-deps
+/// installs both). Re-probed when /usr/bin changes (a package is
+/// installed).
 fn probe_clients() {
-    println!("cargo:rustc-check-cfg=cfg(has_socat)");
     println!("cargo:rerun-if-changed=/usr/bin");
-    let runs = std::process::Command::new("socat")
-        .arg("-V")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if runs {
-        println!("cargo:rustc-cfg=has_socat");
+    for (cfg, program, arg) in [
+        ("has_socat", "socat", "-V"),
+        ("has_qemu", "qemu-system-x86_64", "--version"),
+    ] {
+        println!("cargo:rustc-check-cfg=cfg({cfg})");
+        let runs = std::process::Command::new(program)
+            .arg(arg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if runs {
+            println!("cargo:rustc-cfg={cfg}");
+        }
     }
 }
 
@@ -152,7 +159,9 @@ fn main() {
     write_seccomp_filters(&out_dir.join("seccomp_filters.rs"));
 
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let elf = out_dir.join("kvmini-guest.elf");
+    // One link, two images made from it (see make_guest_images).
+    let linked = out_dir.join("kvmini-guest-linked.elf");
+    let elf = &linked;
     let link_ld = guest.join("link.ld");
 
     let mut cmd = Command::new(&rustc);
@@ -190,7 +199,7 @@ fn main() {
         .args(["-C", "link-arg=-Wl,--build-id=none"])
         .args(["--cap-lints", "warn"])
         .arg("-o")
-        .arg(&elf)
+        .arg(elf)
         // Nothing from the outer build may leak in (rustc does not read these
         // itself today; removing them keeps it that way).
         .env_remove("RUSTFLAGS")
@@ -227,4 +236,83 @@ fn main() {
     {
         println!("cargo:warning=tiny guest: {line}");
     }
+    make_guest_images(
+        &linked,
+        &out_dir.join("kvmini-guest.elf"),
+        &out_dir.join("kvmini-guest-multiboot.elf"),
+    );
+}
+
+const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
+
+/// The file offset of the one valid multiboot header (magic, flags,
+/// checksum; 4-byte aligned) in the first 8 KiB of `image`.
+fn multiboot_header(image: &[u8]) -> Option<usize> {
+    let word = |at: usize| u32::from_le_bytes(image[at..at + 4].try_into().unwrap());
+    let head = image.len().min(8192);
+    let mut found = (0..head.saturating_sub(11)).step_by(4).filter(|&at| {
+        word(at) == MULTIBOOT_MAGIC
+            && MULTIBOOT_MAGIC
+                .wrapping_add(word(at + 4))
+                .wrapping_add(word(at + 8))
+                == 0
+    });
+    let first = found.next();
+    match found.next() {
+        None => first,
+        Some(_) => None,
+    }
+}
+
+/// From the linked guest: the ELF64 kvmini embeds (and QEMU boots as PVH),
+/// with its multiboot header blanked so that no loader takes it for a
+/// multiboot kernel; and the multiboot build, an ELF32 copy (as
+/// kvm-unit-tests makes its .flat files) whose entry is `mb_start`, the
+/// header kept.
+fn make_guest_images(linked: &Path, elf64: &Path, multiboot: &Path) {
+    let mut image = fs::read(linked)
+        .unwrap_or_else(|e| fail(format_args!("cannot read {}: {e}", linked.display())));
+    let Some(at) = multiboot_header(&image) else {
+        fail(format_args!(
+            "{}: not exactly one multiboot header in its first 8 KiB",
+            linked.display()
+        ))
+    };
+    let nm = Command::new("nm")
+        .arg("--defined-only")
+        .arg(linked)
+        .output()
+        .unwrap_or_else(|e| fail(format_args!("cannot run nm (binutils): {e}")));
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let Some(entry) = symbols.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+        (name == "mb_start").then(|| addr.to_string())
+    }) else {
+        fail(format_args!("nm found no mb_start in {}", linked.display()))
+    };
+    let objcopy = Command::new("objcopy")
+        .args(["-O", "elf32-i386"])
+        .arg(format!("--set-start=0x{entry}"))
+        .arg(linked)
+        .arg(multiboot)
+        .output()
+        .unwrap_or_else(|e| fail(format_args!("cannot run objcopy (binutils): {e}")));
+    if !objcopy.status.success() {
+        fail(format_args!(
+            "objcopy -O elf32-i386 failed: {}",
+            String::from_utf8_lossy(&objcopy.stderr)
+        ));
+    }
+    let mb = fs::read(multiboot)
+        .unwrap_or_else(|e| fail(format_args!("cannot read {}: {e}", multiboot.display())));
+    if multiboot_header(&mb).is_none() {
+        fail(format_args!(
+            "{}: the multiboot header is not in its first 8 KiB",
+            multiboot.display()
+        ));
+    }
+    image[at..at + 12].fill(0);
+    fs::write(elf64, &image)
+        .unwrap_or_else(|e| fail(format_args!("cannot write {}: {e}", elf64.display())));
 }

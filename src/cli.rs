@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::loader::ModuleConfig;
+
 use crate::config::{
     BootProtocol, DiskConfig, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, VmConfig,
     DEFAULT_GUEST_CMDLINE, DEFAULT_LINUX_CMDLINE, MAX_CPUS,
@@ -35,8 +37,10 @@ fn after_help() -> String {
     after_help = after_help()
 )]
 pub struct Args {
-    /// Kernel to boot: a 64-bit ELF (vmlinux, PVH) or a bzImage, detected by
-    /// content. Default: kvmini's built-in tiny guest.
+    /// Kernel to boot: a 64-bit ELF (vmlinux, PVH), a bzImage, or a
+    /// multiboot kernel (ELF32, ELF64 or a.out kludge, e.g. kvm-unit-tests'
+    /// x86/*.flat), detected by content. Default: kvmini's built-in tiny
+    /// guest.
     /// Example: --kernel /boot/vmlinuz-6.1.0-amd64
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
@@ -45,6 +49,14 @@ pub struct Args {
     /// Example: --initramfs initrd.cpio.gz
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
+
+    /// A module for a multiboot kernel, after the --initramfs (which is the
+    /// first module): its path and, after a comma, words the kernel gets
+    /// with it (its string is "PATH WORDS", as GRUB and QEMU give). May be
+    /// given several times.
+    /// Example: --module env.txt --module data.bin,name=data
+    #[arg(long, value_name = "PATH[,CMDLINE]", value_parser = parse_module)]
+    pub module: Vec<ModuleConfig>,
 
     /// Kernel command line. Default: "hello" for the built-in guest, and
     /// for other kernels the value shown below.
@@ -187,7 +199,10 @@ pub struct Args {
     pub on_reboot: OnReboot,
 
     /// Entry point for ELF kernels: linux (the 64-bit boot protocol, at the
-    /// ELF entry) or pvh (the 32-bit entry in the kernel's PVH note).
+    /// ELF entry) or pvh (the 32-bit entry in the kernel's PVH note); or
+    /// multiboot, for a kernel that must be a multiboot one (the built-in
+    /// tiny guest then boots its multiboot build). A kernel with a multiboot
+    /// header is always entered as multiboot.
     /// Example: --boot pvh
     #[arg(long, value_name = "PROTOCOL", default_value = "linux")]
     pub boot: Boot,
@@ -203,7 +218,7 @@ pub struct Args {
 pub const TINY_GUEST_MODES: &str =
     "hello, exit=N [exit-width=1|2|4], echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
-    blk, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
+    blk, mbinfo, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
 fn cmdline_help() -> String {
     format!(
@@ -239,6 +254,29 @@ pub enum Irqchip {
 pub enum Boot {
     Linux,
     Pvh,
+    Multiboot,
+}
+
+/// `--module PATH[,CMDLINE]`.
+fn parse_module(s: &str) -> Result<ModuleConfig, String> {
+    let (path, cmdline) = match s.split_once(',') {
+        Some((p, c)) => (p, Some(c.to_string())),
+        None => (s, None),
+    };
+    if path.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if let Some(c) = &cmdline {
+        if let Some(bad) = c.bytes().find(|b| !(0x20..0x7f).contains(b)) {
+            return Err(format!(
+                "its string may hold printable ASCII only, not byte {bad:#04x}"
+            ));
+        }
+    }
+    Ok(ModuleConfig {
+        path: path.into(),
+        cmdline,
+    })
 }
 
 /// Parses "128M", "1G", "65536", "512k", "2GiB".
@@ -412,8 +450,10 @@ impl Args {
             boot: match self.boot {
                 Boot::Linux => BootProtocol::Linux64,
                 Boot::Pvh => BootProtocol::Pvh,
+                Boot::Multiboot => BootProtocol::Multiboot,
             },
             initramfs: self.initramfs,
+            modules: self.module,
             cmdline: match self.append {
                 None => self.cmdline,
                 Some(more) => {

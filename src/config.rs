@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub kernel: KernelSource,
     pub boot: BootProtocol,
     pub initramfs: Option<PathBuf>,
+    /// A multiboot kernel's modules, after the initramfs (its first).
+    pub modules: Vec<crate::loader::ModuleConfig>,
     /// None: the default for the kernel in use.
     pub cmdline: Option<String>,
     pub memory: u64,
@@ -114,6 +116,7 @@ impl Default for VmConfig {
             kernel: KernelSource::Embedded,
             boot: BootProtocol::default(),
             initramfs: None,
+            modules: Vec::new(),
             cmdline: None,
             memory: DEFAULT_MEMORY,
             cpus: 1,

@@ -76,6 +76,8 @@ pub enum Error {
     Input(std::path::PathBuf, #[source] std::io::Error),
     #[error("{0} {1:?}: not a valid regular expression: {2}")]
     Pattern(&'static str, String, String),
+    #[error("cannot write the multiboot information: {0}")]
+    MultibootInfo(String),
     #[error("cannot write the boot structures into guest memory")]
     BootMemory(#[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
@@ -126,6 +128,7 @@ impl Error {
             Error::KvmOpen(_) | Error::KvmCapability(_) => KVM_UNAVAILABLE,
             Error::Memory(_)
             | Error::Loader(_)
+            | Error::MultibootInfo(_)
             | Error::Cmdline(_)
             | Error::TooManyCpus(..)
             | Error::Config(_)
@@ -387,7 +390,12 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     // console's files and sockets (status 2 whatever KVM would say).
     config.check()?;
     memory::check_size(config.memory).map_err(Error::Memory)?;
-    let mut files = loader::preflight(&config.kernel, config.initramfs.as_deref())?;
+    let mut files = loader::preflight(
+        &config.kernel,
+        config.boot,
+        config.initramfs.as_deref(),
+        &config.modules,
+    )?;
     let disks = open_disks(config)?;
     if config.seccomp {
         seccomp::prepare_allocator();
@@ -799,6 +807,9 @@ fn load_guest(
     files: &mut loader::BootFiles,
 ) -> Result<(regs::Entry, u64), Error> {
     let kernel = files.load_kernel(mem)?;
+    if kernel.format == loader::Format::Multiboot {
+        return load_multiboot_guest(config, mem, devices, files, &kernel);
+    }
     log::info!(
         "kernel: {:?} ({}), loaded up to {:#x}, 64-bit entry {:#x}{}",
         kernel.format,
@@ -829,6 +840,7 @@ fn load_guest(
         match config.boot {
             BootProtocol::Linux64 => format!("zero page at {ZERO_PAGE_START:#x}"),
             BootProtocol::Pvh => format!("PVH start_info at {PVH_INFO_START:#x}"),
+            BootProtocol::Multiboot => "multiboot".into(),
         }
     );
     for e in &e820 {
@@ -855,13 +867,102 @@ fn load_guest(
             boot_params::write_linux(mem, &params)?;
             regs::Entry::Linux64(kernel.entry64)
         }
-        BootProtocol::Pvh => {
+        // preflight() refused --boot multiboot for anything but a
+        // multiboot kernel, which returned above.
+        BootProtocol::Pvh | BootProtocol::Multiboot => {
             let entry = pvh_entry(config, &kernel)?;
             let start_info = boot_params::write_pvh(mem, &e820, initramfs, Some(rsdp))?;
             regs::Entry::Pvh { entry, start_info }
         }
     };
     Ok((entry, cr3))
+}
+
+/// The first word of the built-in tiny guest's multiboot command line,
+/// where a file kernel has its path.
+pub const MULTIBOOT_TINY_GUEST_NAME: &str = "kvmini-tiny-guest";
+
+/// [`load_guest`] for a multiboot kernel: the modules after it, the
+/// command line (the kernel's path, then `--cmdline`'s words: none by
+/// default for a file, as QEMU gives none), the ACPI tables
+/// (found by scanning 0xe0000.. as well), and the multiboot information.
+fn load_multiboot_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    devices: &DeviceManager,
+    files: &mut loader::BootFiles,
+    kernel: &LoadedKernel,
+) -> Result<(regs::Entry, u64), Error> {
+    log::info!(
+        "kernel: multiboot ({}), loaded up to {:#x}, 32-bit entry {:#x}",
+        match &config.kernel {
+            crate::config::KernelSource::Embedded => "the built-in tiny guest".to_string(),
+            crate::config::KernelSource::File(p) => p.display().to_string(),
+        },
+        kernel.end,
+        kernel.entry64
+    );
+    let modules = files.load_modules(mem, kernel)?;
+    for (i, m) in modules.iter().enumerate() {
+        log::info!(
+            "module {i}: {} bytes at {:#x}, string {:?}",
+            m.end - m.start,
+            m.start,
+            String::from_utf8_lossy(&m.cmdline)
+        );
+    }
+    let given = match (&config.cmdline, &config.kernel) {
+        (Some(c), _) => c.as_str(),
+        (None, crate::config::KernelSource::Embedded) => crate::config::DEFAULT_GUEST_CMDLINE,
+        (None, crate::config::KernelSource::File(_)) => "",
+    };
+    // The multiboot command line starts with the kernel's own path, as GRUB
+    // and QEMU give it: kvm-unit-tests takes that first word as argv[0].
+    let path = match &config.kernel {
+        crate::config::KernelSource::Embedded => MULTIBOOT_TINY_GUEST_NAME.to_string(),
+        crate::config::KernelSource::File(p) => p.display().to_string(),
+    };
+    let cmdline = devices.cmdline(given);
+    let cmdline = if cmdline.is_empty() {
+        path
+    } else {
+        format!("{path} {cmdline}")
+    };
+    // The length and byte checks of every command line; the copy at
+    // CMDLINE_START is unused by a multiboot kernel.
+    write_cmdline(mem, &cmdline, kernel)?;
+    let cr3 = paging::setup(mem).map_err(Error::BootMemory)?;
+    regs::write_gdt(mem).map_err(Error::BootMemory)?;
+    let rsdp = acpi::write_tables(mem, config.cpus, devices.dsdt())?;
+    let e820 = memory::e820_map(config.memory);
+    let mods: Vec<loader::multiboot::Module> = modules
+        .iter()
+        .map(|m| loader::multiboot::Module {
+            start: m.start,
+            end: m.end,
+            cmdline: &m.cmdline,
+        })
+        .collect();
+    let info = loader::multiboot::write_info(
+        mem,
+        &loader::multiboot::InfoInput {
+            e820: &e820,
+            cmdline: cmdline.as_bytes(),
+            modules: &mods,
+        },
+    )
+    .map_err(Error::MultibootInfo)?;
+    log::info!(
+        "boot data: multiboot information at {info:#x}, command line {cmdline:?}, ACPI RSDP at \
+         {rsdp:#x}"
+    );
+    Ok((
+        regs::Entry::Multiboot {
+            entry: kernel.entry64,
+            info: u64::from(info),
+        },
+        cr3,
+    ))
 }
 
 /// How one vCPU is set up.
@@ -1260,6 +1361,7 @@ mod tests {
             pvh_entry: None,
             end: HIMEM_START + 0x1000,
             setup_header: None,
+            multiboot: None,
         }
     }
 

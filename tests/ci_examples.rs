@@ -547,3 +547,27 @@ fn kunit_example_flags_are_accepted() {
     let dir = TempDir::new("ci-kunit");
     assert_flags_accepted(&dir.0, KUNIT);
 }
+
+// ---- Test kernels: the kvm-unit-tests examples -------------------------------
+
+#[test]
+fn kvm_unit_tests_examples_flags_are_accepted() {
+    for example in [
+        "kvmini --kernel x86/msr.flat --timeout 60s; echo $?                                     # 0: PASS, 1: FAIL, 77: SKIP",
+        "kvmini --kernel x86/smptest.flat --cpus 2 --debug-exit-status qemu --timeout 60s; echo $?   # QEMU's statuses: 1 PASS, 3 FAIL",
+    ] {
+        assert_shown("Test kernels: multiboot, kvm-unit-tests", example);
+        // No kvm-unit-tests checkout here: every flag is accepted and
+        // kvmini stops at the missing kernel (status 2, naming it).
+        let dir = TempDir::new("ci-kut");
+        let r = sh(&dir.0, example);
+        r.assert_no_panic();
+        assert_eq!(last_stdout_line(&r), "2", "{example}\n{}", r.stderr);
+        let kernel = example.split_whitespace().nth(2).unwrap();
+        assert!(
+            r.stderr.contains(&format!("--kernel {kernel}: cannot read the file")),
+            "{}",
+            r.stderr
+        );
+    }
+}

@@ -18,8 +18,16 @@
  *    ourselves: static identity page tables (0..4 GiB, 2 MiB pages), PAE, SSE,
  *    EFER.LME, paging, our own GDT, far jump to 64-bit code.
  *
- *  Both then run common64: own stack, zero .bss, call
- *    kvmini_main(info_addr: u64, kind: u64), kind 0 = boot_params, 1 = PVH.
+ *  mb_start: the multiboot (version 1) entry, named by the multiboot header
+ *    below. Only the multiboot build of the guest (build.rs: an ELF32 copy
+ *    whose e_entry is mb_start) has a valid header; the ELF64 build has it
+ *    blanked, so that QEMU and kvmini keep booting that one as PVH/Linux.
+ *    The CPU is as for PVH, with eax = 0x2BADB002 and ebx = the multiboot
+ *    information; then the PVH path, with kind 2 (or 3: a wrong magic).
+ *
+ *  All then run common64: own stack, zero .bss, call
+ *    kvmini_main(info_addr: u64, kind: u64), kind 0 = boot_params, 1 = PVH,
+ *    2 = multiboot, 3 = multiboot entry with a wrong magic in eax.
  */
 
 /* ---------------------------------------------------------------- entry */
@@ -33,12 +41,36 @@ _start:
     xorl    %esi, %esi              /* arg1: BOOT_KIND_LINUX = 0 */
     jmp     common64
 
+/*
+ * The multiboot header: magic, flags (bit 0: page-aligned modules, bit 1:
+ * memory information), checksum. 4-byte aligned within the first 8 KiB of
+ * the file. build.rs finds it by its magic and checksum, blanks it in the
+ * ELF64 build and keeps it in the multiboot build.
+ */
+    .balign 4
+    .globl multiboot_header
+multiboot_header:
+    .long   0x1BADB002
+    .long   0x00000003
+    .long   -(0x1BADB002 + 0x00000003)
+
     .code32
+    .globl mb_start
+mb_start:
+    movl    $2, %ebp                /* BOOT_KIND_MULTIBOOT */
+    cmpl    $0x2BADB002, %eax
+    je      enter32
+    movl    $3, %ebp                /* BOOT_KIND_MULTIBOOT_BAD_MAGIC */
+    jmp     enter32
+
     .globl pvh_start
 pvh_start:
+    movl    $1, %ebp                /* BOOT_KIND_PVH */
+enter32:
     cli
     cld
-    /* ebx = struct hvm_start_info *; keep it in ebx until long mode. */
+    /* ebx = the boot information (hvm_start_info or multiboot info), ebp =
+     * the kind; both kept until long mode. */
     movl    $pvh_pml4, %eax
     movl    %eax, %cr3
     movl    %cr4, %eax
@@ -63,8 +95,8 @@ pvh_long:
     movl    %eax, %ss
     movl    %eax, %fs
     movl    %eax, %gs
-    movl    %ebx, %edi              /* arg0: struct hvm_start_info * (zero-extended) */
-    movl    $1, %esi                /* arg1: BOOT_KIND_PVH = 1 */
+    movl    %ebx, %edi              /* arg0: the boot information (zero-extended) */
+    movl    %ebp, %esi              /* arg1: the kind */
 
 common64:
     leaq    __stack_top(%rip), %rsp /* our own stack, 16-byte aligned */

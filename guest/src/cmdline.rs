@@ -24,6 +24,7 @@ pub enum Mode {
     Post,
     Blk,
     Loopback,
+    MbInfo,
     /// `ktap=SPEC` (see ktap.rs); the spec is in [`Args::ktap`].
     Ktap,
 }
@@ -96,6 +97,7 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"post" => Mode::Post,
         b"blk" => Mode::Blk,
         b"loopback" => Mode::Loopback,
+        b"mbinfo" => Mode::MbInfo,
         _ => {
             if let Some(n) = kv(word, b"exit") {
                 Mode::Exit(u8::try_from(n).ok()?)

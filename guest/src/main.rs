@@ -5,7 +5,9 @@
 //! built by ../../build.rs with the host's stock rustc (no extra target) into
 //! an ELF64 ET_EXEC loaded at 0x100000, bootable two ways (see boot.S):
 //! the Linux 64-bit boot protocol (rsi = boot_params) and PVH (32-bit entry
-//! from a Xen ELF note, ebx = hvm_start_info), e.g. `qemu -M microvm -kernel`.
+//! from a Xen ELF note, ebx = hvm_start_info), e.g. `qemu -M microvm -kernel`;
+//! its multiboot build (an ELF32 copy, see build.rs) enters through the
+//! multiboot header (eax = 0x2BADB002, ebx = the information structure).
 //!
 //! Modes (first mode word on the command line wins; default `hello`):
 //!   hello       "kvmini tiny guest\nmemory: <M> MiB\ncmdline: <cmdline>\n", exit 0
@@ -35,6 +37,9 @@
 //!               scratch-register reads, then silently echoes like `echo`
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
 //!               (or "\nchaos <SEED> scratch mismatch\n", exit 1)
+//!   mbinfo      the multiboot information, each module's size, address and FNV-1a
+//!               hash, fw_cfg's CPU count and RAM, the RSDT's tables and the PM
+//!               timer (see mbinfo.rs); exit 0 (3 when not booted by multiboot)
 //!   ktap=SPEC   a KTAP report as SPEC describes it (p pass, f fail, s skip,
 //!               (...) a suite, ! stop there; see ktap.rs), then exit 0 or
 //!               what ktap-end=exit|poweroff|fault|panic|spin says; `tap13`
@@ -51,6 +56,7 @@ mod chaos;
 mod cmdline;
 mod io;
 mod ktap;
+mod mbinfo;
 mod mem;
 
 use core::arch::{asm, global_asm};
@@ -85,6 +91,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Post => post(),
         Mode::Blk => blk::run(),
         Mode::Loopback => loopback(),
+        Mode::MbInfo => mbinfo::run(&boot),
         Mode::Ktap => {
             let style = ktap::Style {
                 tap13: args.tap13,

@@ -1,5 +1,6 @@
-//! Kernel images (ELF vmlinux, PVH ELF, bzImage) and the initramfs, loaded
-//! into guest memory with linux-loader. Formats are told apart by content.
+//! Kernel images (ELF vmlinux, PVH ELF, bzImage with linux-loader;
+//! multiboot kernels with multiboot.rs) and the initramfs and modules,
+//! loaded into guest memory. Formats are told apart by content.
 
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
@@ -17,6 +18,18 @@ pub mod validate;
 
 /// The tiny guest, built from guest/ by build.rs.
 pub static TINY_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kvmini-guest.elf"));
+/// The same guest as a multiboot kernel (an ELF32 whose entry is its
+/// multiboot entry; build.rs makes it from the same link).
+pub static TINY_GUEST_MULTIBOOT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kvmini-guest-multiboot.elf"));
+
+/// Bytes of an image's start read to tell its format: a bzImage's setup
+/// header, and the 8 KiB a multiboot header must lie in.
+const HEAD_LEN: usize = if multiboot::SEARCH_LEN > validate::SETUP_HEADER_END {
+    multiboot::SEARCH_LEN
+} else {
+    validate::SETUP_HEADER_END
+};
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
@@ -44,6 +57,10 @@ pub enum BootProtocol {
     Linux64,
     /// ELF: the 32-bit entry in its PVH note.
     Pvh,
+    /// Multiboot: the kernel's multiboot entry (for the built-in tiny
+    /// guest, its multiboot build). A multiboot image is entered so
+    /// whatever was asked.
+    Multiboot,
 }
 
 /// The kernel image formats kvmini recognises.
@@ -51,6 +68,8 @@ pub enum BootProtocol {
 pub enum Format {
     Elf,
     BzImage,
+    /// A kernel with a multiboot (version 1) header in its first 8 KiB.
+    Multiboot,
 }
 
 /// What linux-loader found wrong, said once: its errors quote their
@@ -78,8 +97,25 @@ pub enum Error {
     UnknownFormat(PathBuf),
     #[error("--kernel {}: {}, not a kernel image: did you mean --initramfs? (a compressed kernel must be decompressed first)", .0.display(), .1)]
     LooksLikeArchive(PathBuf, &'static str),
-    #[error("--kernel {0}: a 32-bit ELF; kvmini boots 64-bit x86 kernels")]
+    #[error("--kernel {0}: a 32-bit ELF without a multiboot header; kvmini boots 64-bit x86 kernels and multiboot kernels")]
     Elf32(PathBuf),
+    #[error("--kernel {0}: has no multiboot header, so --boot multiboot cannot start it")]
+    NotMultiboot(PathBuf),
+    #[error("--module {0}: modules are for multiboot kernels; this kernel is not one (a Linux kernel takes one --initramfs)")]
+    ModuleNotMultiboot(PathBuf),
+    #[error("--module {0}: cannot read the file")]
+    ModuleRead(PathBuf, #[source] std::io::Error),
+    #[error("--module {0}: is a directory, not a file")]
+    ModuleDirectory(PathBuf),
+    #[error("{flag} {path}: {size} bytes do not fit in guest memory below {limit:#x} after the kernel and the modules before it (raise --memory)")]
+    ModuleTooBig {
+        flag: &'static str,
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{0} {1}: cannot copy it into guest memory")]
+    ModuleCopy(&'static str, PathBuf, #[source] vm_memory::GuestMemoryError),
     #[error("--kernel {0}: an ELF for another architecture (e_machine {1}); kvmini boots x86_64 kernels")]
     WrongArch(PathBuf, u16),
     #[error("--kernel {}: invalid or truncated {:?} image: {}", .0.display(), .1, loader_cause(.2))]
@@ -115,6 +151,8 @@ pub struct LoadedKernel {
     /// First byte after the image.
     pub end: u64,
     pub setup_header: Option<setup_header>,
+    /// For a multiboot kernel: its 32-bit entry and extent.
+    pub multiboot: Option<multiboot::MultibootKernel>,
 }
 
 fn display(source: &KernelSource) -> PathBuf {
@@ -124,10 +162,15 @@ fn display(source: &KernelSource) -> PathBuf {
     }
 }
 
-/// Decides the format from the first bytes of the image.
+/// Decides the format from the first bytes of the image. A multiboot
+/// header wins over the ELF it may be in, as with QEMU's -kernel: such a
+/// kernel's entry is its multiboot entry.
 pub fn detect(path: &Path, head: &[u8]) -> Result<Format, Error> {
     if head.is_empty() {
         return Err(Error::Empty(path.into()));
+    }
+    if multiboot::is_multiboot(head) {
+        return Ok(Format::Multiboot);
     }
     if head.starts_with(ELF_MAGIC) {
         if head.len() < 20 {
@@ -199,6 +242,14 @@ fn check_layout<F: Read + Seek>(
             validate::check_bzimage(head, file_len).map_err(refused)?;
             Ok(None)
         }
+        Format::Multiboot => {
+            // detect() found the header; its flags are checked here, the
+            // layout when it is loaded (before anything is written).
+            let header = multiboot::find_header(head)
+                .ok_or_else(|| refused("its multiboot header is gone (the file changed)".into()))?;
+            multiboot::check_flags(header.flags).map_err(refused)?;
+            Ok(None)
+        }
     }
 }
 
@@ -207,7 +258,7 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
     path: &Path,
     image: &mut F,
 ) -> Result<LoadedKernel, Error> {
-    let mut head = vec![0u8; validate::SETUP_HEADER_END];
+    let mut head = vec![0u8; HEAD_LEN];
     let mut filled = 0;
     while filled < head.len() {
         match image.read(&mut head[filled..]) {
@@ -239,6 +290,7 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
     let result: KernelLoaderResult = match format {
         Format::Elf => Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START))),
         Format::BzImage => BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START))),
+        Format::Multiboot => return load_multiboot(mem, path, &head, image),
     }
     .map_err(|e| Error::Invalid(path.into(), format, e))?;
     if result.kernel_end > mem_end {
@@ -249,8 +301,8 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
         });
     }
     let entry64 = match format {
-        Format::Elf => result.kernel_load.0,
         Format::BzImage => result.kernel_load.0 + BZIMAGE_ENTRY64_OFFSET,
+        _ => result.kernel_load.0,
     };
     let pvh_entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
@@ -271,39 +323,100 @@ fn load_image<F: Read + vm_memory::ReadVolatile + Seek>(
         pvh_entry,
         end,
         setup_header: result.setup_header,
+        multiboot: None,
     })
 }
 
-/// The kernel and initramfs files, opened once by [`preflight`] and kept
-/// open for the VM's life, so that a guest rebooted in place is loaded
-/// again from the same files without opening anything.
+/// Loads a multiboot kernel (`head`: its first bytes, holding the header).
+fn load_multiboot<F: Read + Seek>(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    head: &[u8],
+    image: &mut F,
+) -> Result<LoadedKernel, Error> {
+    let refused = |rule| Error::Refused(path.into(), Format::Multiboot, rule);
+    let header = multiboot::find_header(head)
+        .ok_or_else(|| refused("its multiboot header is gone (the file changed)".into()))?;
+    let mb = multiboot::load(mem, &header, image).map_err(refused)?;
+    if mb.video_requested {
+        log::info!("kernel: its multiboot header asks for a video mode; kvmini has no display");
+    }
+    Ok(LoadedKernel {
+        format: Format::Multiboot,
+        entry64: u64::from(mb.entry),
+        pvh_entry: None,
+        end: mb.end,
+        setup_header: None,
+        multiboot: Some(mb),
+    })
+}
+
+/// A `--module PATH[,CMDLINE]` of a multiboot kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConfig {
+    pub path: PathBuf,
+    /// What follows the path in its string in the MBI ("PATH CMDLINE").
+    pub cmdline: Option<String>,
+}
+
+/// A module in guest memory, for the multiboot information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedModule {
+    pub start: u32,
+    pub end: u32,
+    pub cmdline: Vec<u8>,
+}
+
+/// The kernel, initramfs and module files, opened once by [`preflight`]
+/// and kept open for the VM's life, so that a guest rebooted in place is
+/// loaded again from the same files without opening anything.
 pub struct BootFiles {
     kernel: Option<(PathBuf, File)>,
     initramfs: Option<(PathBuf, File)>,
+    modules: Vec<(PathBuf, Vec<u8>, File)>,
+    /// The built-in tiny guest, in its multiboot build.
+    embedded_multiboot: bool,
 }
 
-/// What can be checked of the kernel and the initramfs before guest memory
-/// or KVM exists: that they are readable files and that the kernel looks
-/// like one kvmini boots; returns them open. [`BootFiles::load_kernel`] and
-/// [`BootFiles::load_initramfs`] check the rest.
-pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<BootFiles, Error> {
-    let kernel = match kernel {
-        KernelSource::Embedded => None,
+fn read_head(p: &Path, f: &mut File) -> Result<Vec<u8>, Error> {
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    f.take(HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::Read(p.into(), e))?;
+    Ok(head)
+}
+
+/// What can be checked of the kernel, the initramfs and the modules
+/// before guest memory or KVM exists: that they are readable files, that
+/// the kernel looks like one kvmini boots and suits `boot` and the modules;
+/// returns them open. [`BootFiles::load_kernel`],
+/// [`BootFiles::load_initramfs`] and [`BootFiles::load_modules`] check the
+/// rest.
+pub fn preflight(
+    kernel: &KernelSource,
+    boot: BootProtocol,
+    initramfs: Option<&Path>,
+    modules: &[ModuleConfig],
+) -> Result<BootFiles, Error> {
+    let (kernel, multiboot) = match kernel {
+        KernelSource::Embedded => (None, boot == BootProtocol::Multiboot),
         KernelSource::File(p) => {
             if p.is_dir() {
                 return Err(Error::Directory(p.clone()));
             }
             let mut f = crate::host_file::open_regular(p).map_err(|e| Error::Read(p.clone(), e))?;
-            let mut head = Vec::with_capacity(validate::SETUP_HEADER_END);
-            (&mut f)
-                .take(validate::SETUP_HEADER_END as u64)
-                .read_to_end(&mut head)
-                .map_err(|e| Error::Read(p.clone(), e))?;
+            let head = read_head(p, &mut f)?;
             let format = detect(p, &head)?;
             check_layout(p, format, &head, &mut f)?;
-            Some((p.clone(), f))
+            if boot == BootProtocol::Multiboot && format != Format::Multiboot {
+                return Err(Error::NotMultiboot(p.clone()));
+            }
+            (Some((p.clone(), f)), format == Format::Multiboot)
         }
     };
+    if let (Some(m), false) = (modules.first(), multiboot) {
+        return Err(Error::ModuleNotMultiboot(m.path.clone()));
+    }
     let initramfs = match initramfs {
         None => None,
         Some(p) => {
@@ -315,7 +428,28 @@ pub fn preflight(kernel: &KernelSource, initramfs: Option<&Path>) -> Result<Boot
             Some((p.to_path_buf(), f))
         }
     };
-    Ok(BootFiles { kernel, initramfs })
+    let mut opened = Vec::with_capacity(modules.len());
+    for m in modules {
+        if m.path.is_dir() {
+            return Err(Error::ModuleDirectory(m.path.clone()));
+        }
+        let f = crate::host_file::open_regular(&m.path)
+            .map_err(|e| Error::ModuleRead(m.path.clone(), e))?;
+        // "PATH CMDLINE", as GRUB and QEMU give a module's string.
+        let mut cmdline = m.path.as_os_str().as_encoded_bytes().to_vec();
+        if let Some(c) = &m.cmdline {
+            cmdline.push(b' ');
+            cmdline.extend_from_slice(c.as_bytes());
+        }
+        opened.push((m.path.clone(), cmdline, f));
+    }
+    let embedded_multiboot = multiboot && kernel.is_none();
+    Ok(BootFiles {
+        kernel,
+        initramfs,
+        modules: opened,
+        embedded_multiboot,
+    })
 }
 
 impl BootFiles {
@@ -323,6 +457,11 @@ impl BootFiles {
     /// memory, from the start of its file.
     pub fn load_kernel(&mut self, mem: &GuestMemoryMmap) -> Result<LoadedKernel, Error> {
         match &mut self.kernel {
+            None if self.embedded_multiboot => load_image(
+                mem,
+                Path::new("(embedded tiny guest, multiboot)"),
+                &mut Cursor::new(TINY_GUEST_MULTIBOOT),
+            ),
             None => load_kernel(mem, &KernelSource::Embedded),
             Some((path, f)) => {
                 f.seek(SeekFrom::Start(0))
@@ -330,6 +469,51 @@ impl BootFiles {
                 load_image(mem, path, f)
             }
         }
+    }
+
+    /// For a multiboot kernel: copies the initramfs (as the first module,
+    /// its string its path) and every `--module` into guest memory, each
+    /// page-aligned after the one before, starting after `kernel`.
+    pub fn load_modules(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        kernel: &LoadedKernel,
+    ) -> Result<Vec<LoadedModule>, Error> {
+        let mem_end = mem.last_addr().0 + 1;
+        let mut after = kernel.end;
+        let mut loaded = Vec::new();
+        let initramfs = self.initramfs.as_mut().map(|(p, f)| {
+            let cmdline = p.as_os_str().as_encoded_bytes().to_vec();
+            ("--initramfs", &*p, cmdline, f)
+        });
+        let modules = self
+            .modules
+            .iter_mut()
+            .map(|(p, c, f)| ("--module", &*p, c.clone(), f));
+        for (flag, path, cmdline, f) in initramfs.into_iter().chain(modules) {
+            let size = f
+                .seek(SeekFrom::End(0))
+                .and_then(|size| f.seek(SeekFrom::Start(0)).map(|_| size))
+                .map_err(|e| Error::ModuleRead(path.clone(), e))?;
+            let too_big = || Error::ModuleTooBig {
+                flag,
+                path: path.clone(),
+                size,
+                limit: mem_end.min(MMIO_GAP_START),
+            };
+            let addr = multiboot::module_address(after, size, mem_end).ok_or_else(too_big)?;
+            let len = usize::try_from(size).map_err(|_| too_big())?;
+            mem.read_exact_volatile_from(GuestAddress(addr), f, len)
+                .map_err(|e| Error::ModuleCopy(flag, path.clone(), e))?;
+            after = addr + size;
+            // module_address keeps it below the device hole, under 4 GiB.
+            loaded.push(LoadedModule {
+                start: addr as u32,
+                end: after as u32,
+                cmdline,
+            });
+        }
+        Ok(loaded)
     }
 
     /// Copies the initramfs, if there is one, into guest memory above
@@ -356,7 +540,9 @@ pub fn load_kernel(mem: &GuestMemoryMmap, source: &KernelSource) -> Result<Loade
     let path = display(source);
     match source {
         KernelSource::Embedded => load_image(mem, &path, &mut Cursor::new(TINY_GUEST)),
-        KernelSource::File(_) => preflight(source, None)?.load_kernel(mem),
+        KernelSource::File(_) => {
+            preflight(source, BootProtocol::default(), None, &[])?.load_kernel(mem)
+        }
     }
 }
 

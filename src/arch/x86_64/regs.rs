@@ -42,6 +42,9 @@ pub enum Entry {
     Linux64(u64),
     /// PVH 32-bit entry at this address, start_info at the second.
     Pvh { entry: u64, start_info: u64 },
+    /// Multiboot: 32-bit protected mode, paging off, at `entry`, with
+    /// EAX = 0x2BADB002 and EBX = the multiboot information at `info`.
+    Multiboot { entry: u64, info: u64 },
 }
 
 /// General-purpose registers at entry.
@@ -59,6 +62,13 @@ pub fn regs(entry: Entry) -> kvm_regs {
             rflags: 0x2,
             rip: entry,
             rbx: start_info,
+            ..Default::default()
+        },
+        Entry::Multiboot { entry, info } => kvm_regs {
+            rflags: 0x2,
+            rip: entry,
+            rax: u64::from(crate::loader::multiboot::BOOTLOADER_MAGIC),
+            rbx: info,
             ..Default::default()
         },
     }
@@ -127,7 +137,10 @@ pub fn sregs(mut sregs: kvm_sregs, entry: Entry, cr3: u64) -> kvm_sregs {
             sregs.cr0 = X86_CR0_PE | X86_CR0_MP | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG;
             sregs.efer = EFER_LME | EFER_LMA;
         }
-        Entry::Pvh { .. } => {
+        // Both: CS a flat 32-bit code segment, the others flat data,
+        // protected mode without paging, as the PVH ABI and the multiboot
+        // specification (3.2, "Machine state") require.
+        Entry::Pvh { .. } | Entry::Multiboot { .. } => {
             sregs.cs = gdt::segment(&table, gdt::CODE32);
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr3 = 0;
@@ -165,6 +178,24 @@ mod tests {
         assert_eq!(s.cr0 & X86_CR0_PG, 0);
         assert_eq!(s.efer, 0);
         assert_eq!((s.cs.l, s.cs.db), (0, 1));
+    }
+
+    #[test]
+    fn multiboot_enters_protected_mode_with_the_magic_in_eax() {
+        let e = Entry::Multiboot {
+            entry: 0x10_0040,
+            info: 0x3_0000,
+        };
+        let r = regs(e);
+        assert_eq!((r.rip, r.rax, r.rbx), (0x10_0040, 0x2bad_b002, 0x3_0000));
+        let s = sregs(kvm_sregs::default(), e, 0x9000);
+        assert_eq!(s.cr0 & (X86_CR0_PG | X86_CR0_PE), X86_CR0_PE);
+        assert_eq!(s.efer, 0);
+        assert_eq!(
+            (s.cs.l, s.cs.db, s.cs.base, s.cs.limit),
+            (0, 1, 0, 0xffff_ffff)
+        );
+        assert_eq!((s.ds.base, s.ds.limit, s.ss.db), (0, 0xffff_ffff, 1));
     }
 
     #[test]
