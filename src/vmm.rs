@@ -928,10 +928,12 @@ fn load_multiboot_guest(
     } else {
         format!("{path} {cmdline}")
     };
-    // The length and byte checks of every command line; the copy at
-    // CMDLINE_START is unused by a multiboot kernel.
-    write_cmdline(mem, &cmdline, kernel)?;
-    let cr3 = paging::setup(mem).map_err(Error::BootMemory)?;
+    // The checks every command line gets; the multiboot information holds
+    // the copy the kernel reads. Nothing else is written below 1 MiB but
+    // the GDT, the MBI and the ACPI tables (multiboot::LOW_RESERVED): no
+    // page tables (the kernel starts without paging), no Linux boot data,
+    // so a kernel may load in the rest of low memory.
+    check_cmdline(&cmdline, kernel)?;
     regs::write_gdt(mem).map_err(Error::BootMemory)?;
     let rsdp = acpi::write_tables(mem, config.cpus, devices.dsdt())?;
     let e820 = memory::e820_map(config.memory);
@@ -956,12 +958,13 @@ fn load_multiboot_guest(
         "boot data: multiboot information at {info:#x}, command line {cmdline:?}, ACPI RSDP at \
          {rsdp:#x}"
     );
+    // CR3 is 0: paging is off at a multiboot entry.
     Ok((
         regs::Entry::Multiboot {
             entry: kernel.entry64,
             info: u64::from(info),
         },
-        cr3,
+        0,
     ))
 }
 
@@ -1323,6 +1326,14 @@ fn pvh_entry(config: &VmConfig, kernel: &LoadedKernel) -> Result<u64, Error> {
 
 /// Writes the command line; returns its size including the NUL.
 fn write_cmdline(mem: &GuestMemoryMmap, text: &str, kernel: &LoadedKernel) -> Result<u32, Error> {
+    let cmdline = check_cmdline(text, kernel)?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    Ok(text.len() as u32 + 1)
+}
+
+/// The command line's checks: printable ASCII, within the kernel's limit.
+fn check_cmdline(text: &str, kernel: &LoadedKernel) -> Result<Cmdline, Error> {
     // A bzImage states its own limit (without the NUL).
     let capacity = kernel
         .setup_header
@@ -1343,10 +1354,7 @@ fn write_cmdline(mem: &GuestMemoryMmap, text: &str, kernel: &LoadedKernel) -> Re
             capacity - 1
         )));
     }
-    let cmdline = Cmdline::try_from(text, capacity).map_err(|e| Error::Cmdline(e.to_string()))?;
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
-    Ok(text.len() as u32 + 1)
+    Cmdline::try_from(text, capacity).map_err(|e| Error::Cmdline(e.to_string()))
 }
 
 #[cfg(test)]

@@ -263,3 +263,59 @@ fn qemu_boots_the_same_multiboot_image() {
     assert!(qout.contains("loader \"qemu\""), "{qout}");
     assert!(kout.contains("loader \"kvmini\""), "{kout}");
 }
+
+/// A multiboot kernel with the a.out kludge, linked low (32 KiB, where
+/// kvm-unit-tests' realmode test links): a header, then `mov al, 42;
+/// out 0xf4, al; hlt` at its entry, right after the header.
+fn low_aout_kernel() -> Vec<u8> {
+    const BASE: u32 = 0x8000;
+    let flags: u32 = 1 << 16;
+    let magic: u32 = 0x1bad_b002;
+    let mut k = Vec::new();
+    for word in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic.wrapping_add(flags)),
+        BASE,      // header_addr
+        BASE,      // load_addr
+        0,         // load_end_addr: the whole file
+        0,         // bss_end_addr: no bss
+        BASE + 32, // entry_addr
+    ] {
+        k.extend_from_slice(&word.to_le_bytes());
+    }
+    k.extend_from_slice(&[0xb0, 42, 0xe6, 0xf4, 0xf4]);
+    k
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn an_aout_kludge_kernel_linked_in_low_memory_boots() {
+    let dir = TempDir::new("mb-low");
+    let kernel = dir.path("low.bin");
+    std::fs::write(&kernel, low_aout_kernel()).unwrap();
+    let k = kernel.to_str().unwrap();
+    for irqchip in ["off", "on"] {
+        let r = kvmini(&["--kernel", k, "--irqchip", irqchip]);
+        r.assert_no_panic();
+        assert_eq!(r.status, Some(42), "--irqchip {irqchip}: {}", r.stderr);
+    }
+    // Over the multiboot information's region it is refused, before boot.
+    let mut over = low_aout_kernel();
+    for at in [12, 16] {
+        over[at..at + 4].copy_from_slice(&0x3_f000u32.to_le_bytes());
+    }
+    over[28..32].copy_from_slice(&(0x3_f000u32 + 32).to_le_bytes());
+    std::fs::write(&kernel, over).unwrap();
+    let r = kvmini(&["--kernel", k]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("where kvmini writes the multiboot information"),
+        "{}",
+        r.stderr
+    );
+}

@@ -14,8 +14,9 @@
 //! Every field comes from an untrusted file: sums are checked, counts
 //! bounded, a failed read is a refusal and never a panic, and nothing is
 //! written to guest memory until the whole image has passed. What is
-//! loaded lies in guest RAM at or above 1 MiB (below it kvmini writes its
-//! GDT and the MBI) and below the 32-bit device hole (a multiboot kernel
+//! loaded lies in guest RAM clear of what kvmini writes below 1 MiB (its
+//! GDT, the MBI, the ACPI tables; see [`LOW_RESERVED`]) and below the
+//! 32-bit device hole (a multiboot kernel
 //! starts in 32-bit protected mode without paging, so it can reach nothing
 //! higher), and the entry point lies in bytes loaded from the file.
 
@@ -23,7 +24,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::arch::layout::{HIMEM_START, MMIO_GAP_START};
+use crate::arch::layout::{EBDA_START, HIMEM_START, MMIO_GAP_START};
 use crate::memory::{E820Entry, E820_RAM};
 
 /// The value a multiboot kernel finds in EAX at entry.
@@ -47,6 +48,31 @@ const REQUIRED_MASK: u32 = 0xffff;
 /// The requirement bits kvmini meets (bit 2 only in part: see
 /// [`check_flags`]).
 const SUPPORTED_REQUIRED: u32 = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO_MODE;
+
+/// What a multiboot kernel's segments may not overlap, below 1 MiB: what
+/// kvmini writes there for it after loading it (the boot GDT and IDT in
+/// page 0, the MBI, the ACPI tables) and what is not RAM (the EBDA, the
+/// VGA hole, the BIOS area). The rest of low memory is the kernel's: a
+/// test kernel linked at 32 KiB (kvm-unit-tests' realmode) loads there,
+/// and kvmini writes neither page tables nor the Linux boot data for a
+/// multiboot kernel.
+pub const LOW_RESERVED: [(u64, u64, &str); 3] = [
+    (
+        0,
+        0x1000,
+        "page 0 (the real-mode IVT, and kvmini's boot GDT and IDT at 0x500)",
+    ),
+    (
+        MBI_START,
+        MBI_START + MBI_SIZE,
+        "0x30000-0x40000, where kvmini writes the multiboot information",
+    ),
+    (
+        EBDA_START,
+        HIMEM_START,
+        "0x9fc00-0x100000 (the EBDA, the VGA hole and the BIOS area with kvmini's ACPI tables)",
+    ),
+];
 
 /// Where [`write_info`] puts the MBI and everything it points to:
 /// 0x30000..0x40000. Free in layout.rs's map: above the boot GDT/IDT
@@ -194,7 +220,7 @@ pub fn check_flags(flags: u32) -> Result<(), String> {
 pub struct MultibootKernel {
     /// The 32-bit entry point (physical), inside bytes loaded from the file.
     pub entry: u32,
-    /// The lowest address loaded (at least 1 MiB).
+    /// The lowest address loaded (outside [`LOW_RESERVED`]).
     pub start: u64,
     /// First byte after the image, bss included (at most the device hole's
     /// start, and within guest RAM).
@@ -479,10 +505,12 @@ fn check_plan(plan: &Plan, file_len: u64, ram_end: u64) -> Result<(u64, u64), St
                 s.paddr
             ));
         };
-        if s.paddr < HIMEM_START {
+        if let Some((_, _, what)) = LOW_RESERVED
+            .iter()
+            .find(|(lo, hi, _)| s.paddr < *hi && *lo < seg_end)
+        {
             return Err(format!(
-                "{name} at {:#x}-{seg_end:#x} lies below 1 MiB, where kvmini writes its GDT \
-                 and the multiboot information (kernels load at 1 MiB or above)",
+                "{name} at {:#x}-{seg_end:#x} overlaps {what}",
                 s.paddr
             ));
         }
@@ -1137,12 +1165,12 @@ mod tests {
                 0x2000,
                 "truncated",
             ),
-            // Below 1 MiB.
+            // Over the MBI region.
             (
-                [0x8_0000, 0x8_0000, 0, 0, 0x8_0000],
+                [0x3_f000, 0x3_f000, 0, 0, 0x3_f000],
                 0,
                 0x2000,
-                "below 1 MiB",
+                "where kvmini writes the multiboot information",
             ),
             // Beyond the 32 MiB of RAM.
             (
@@ -1189,7 +1217,15 @@ mod tests {
     #[test]
     fn elf_rules() {
         let one = |pa: u64, fsz: u64, msz: u64| elf32(pa as u32, &[(0x1000, pa, pa, fsz, msz)]);
-        refused(&one(0x8_0000, 0x100, 0x100), "below 1 MiB");
+        // Low memory that kvmini leaves alone is the kernel's: linked at
+        // 32 KiB, as kvm-unit-tests' realmode test is.
+        let m = mem();
+        let k = load_bytes(&m, &one(0x8000, 0x100, 0x2000)).unwrap();
+        assert_eq!((k.start, k.end, k.entry), (0x8000, 0xa000, 0x8000));
+        assert_eq!(read(&m, 0x8000, 0x100), pattern(0x1000, 0x100));
+        refused(&one(0x800, 0x100, 0x100), "page 0");
+        refused(&one(0x2_f000, 0x100, 0x2000), "multiboot information");
+        refused(&one(0x9_f000, 0x100, 0x2000), "the EBDA");
         refused(&one(0x1ff_f000, 0x100, 0x2000), "beyond the guest's RAM");
         refused(&one(0xbfff_f000, 0x100, 0x2000), "device hole");
         // filesz > memsz.
