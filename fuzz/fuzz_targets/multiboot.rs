@@ -9,7 +9,8 @@
 //!    (its address fields too, with flag bit 16), its checksum holds, and
 //!    it has address fields exactly when flag bit 16 is set.
 //! 3. A kernel that loads asked for no requirement kvmini lacks, lies in
-//!    RAM from 1 MiB up, its entry is inside it, and nothing outside it was
+//!    RAM and wrote nothing into a LOW_RESERVED range (what kvmini writes
+//!    below 1 MiB for it), its entry is inside it, and nothing outside it was
 //!    written; with the a.out kludge its first bytes are the file's from
 //!    header offset - (header_addr - load_addr).
 //! 4. The MBI, when written, is at MBI_START with the memory, command line,
@@ -28,7 +29,7 @@ use kvmini::arch::layout::{HIMEM_START, MMIO_GAP_START};
 use kvmini::loader::multiboot::{
     check_flags, find_header, load, module_address, write_info, InfoInput, Module,
     FLAG_AOUT_KLUDGE, HEADER_MAGIC, INFO_BOOT_LOADER_NAME, INFO_CMDLINE, INFO_MEMORY, INFO_MMAP,
-    MBI_START, SEARCH_LEN,
+    LOW_RESERVED, MBI_START, SEARCH_LEN,
 };
 use kvmini::memory::e820_map;
 
@@ -81,7 +82,12 @@ fn check_image(data: &[u8]) {
         return;
     };
     assert!(check_flags(h.flags).is_ok());
-    assert!(HIMEM_START <= k.start && k.start < k.end);
+    assert!(k.start < k.end);
+    // Nothing was loaded where kvmini writes for the kernel afterwards
+    // (segments may lie on both sides of such a range).
+    for (lo, hi, what) in LOW_RESERVED {
+        assert!(zero(&mem, lo, hi.min(RAM)), "the image wrote into {what}");
+    }
     assert!(k.end <= RAM.min(MMIO_GAP_START));
     assert!(k.start <= u64::from(k.entry) && u64::from(k.entry) < k.end);
     assert!(zero(&mem, 0, k.start));
