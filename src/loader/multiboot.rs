@@ -27,6 +27,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use crate::arch::layout::{EBDA_START, HIMEM_START, MMIO_GAP_START};
 use crate::memory::{E820Entry, E820_RAM};
 
+use super::validate::{u16_at, u32_at, u64_at};
+
 /// The value a multiboot kernel finds in EAX at entry.
 pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 /// The multiboot header's first word.
@@ -137,20 +139,6 @@ pub struct AoutAddrs {
     pub bss_end_addr: u32,
     /// Physical entry point.
     pub entry_addr: u32,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
 }
 
 /// Finds the first valid multiboot header in `head` (the image's first

@@ -41,15 +41,18 @@ const PT_LOAD: u32 = 1;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: u64 = 56;
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+/// Little-endian fields of an image's bytes; `at` and the field's width
+/// must lie inside `b` (callers check lengths first). Shared with
+/// multiboot.rs.
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(v)
