@@ -29,11 +29,12 @@ Environment:
                         outside /tmp (the outer VM's /tmp is its own tmpfs),
                         run as SCRIPT WORKDIR GROUP with WORKDIR/config to
                         source.
-  NESTED_CI_TIMEOUT     seconds for each boot of the outer VM (default 600: a
-                        green run needs about 360; the default bounds the
-                        worst case, every check waiting out its own timeout,
-                        while a wedged outer kernel is caught by the heartbeat
-                        in 45 s).
+  NESTED_CI_TIMEOUT     seconds for each boot of the outer VM (default 900:
+                        the integration tests alone took 506 s in one outer
+                        VM and over 600 s in a slower one, 2026-12-01; the
+                        default bounds the worst case, every check waiting
+                        out its own timeout, while a wedged outer kernel is
+                        caught by the heartbeat in 45 s).
   NESTED_CI_ATTEMPTS    outer VM boots per group (default 12; 6 for the bench
                         group): QEMU's TCG emulation of nested SVM wedges the
                         outer VM now and then (3 to 6 times in one run on a
@@ -200,7 +201,7 @@ class Settings:
             raise CannotStart(f"NESTED_CI_TCG_THREAD={thread!r}: expected single or multi")
         return cls(
             checks=checks,
-            outer_timeout=env_int("NESTED_CI_TIMEOUT", 600),
+            outer_timeout=env_int("NESTED_CI_TIMEOUT", 900),
             # Outer VM boots per group: one, plus fresh ones after it wedges,
             # each running only the checks that got no result. Measured: about
             # one wedge in 10 to 15 inner Linux boots, so a full run (some 17
