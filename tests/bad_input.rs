@@ -737,3 +737,22 @@ fn ktap_options_need_ktap_and_junit_needs_a_writable_file() {
         &["--junit", "--serial-log", "one file twice"],
     );
 }
+
+#[test]
+fn debug_exit_status_and_module_bad_values() {
+    assert_error(
+        &kvmini(&["--debug-exit-status", "shifted"]),
+        2,
+        &["--debug-exit-status", "shifted", "verbatim", "qemu"],
+    );
+    assert_error(
+        &kvmini(&["--module", ""]),
+        2,
+        &["--module", "the path is empty"],
+    );
+    assert_error(
+        &kvmini(&["--module", "m.bin,tab\there"]),
+        2,
+        &["--module", "printable ASCII only"],
+    );
+}
