@@ -112,19 +112,28 @@ fn probe_kvm() {
     if version == KVM_API_VERSION {
         println!("cargo:rustc-cfg=kvm_usable");
     }
+    // PVM (the kvm_pvm module) emulates every guest instruction, and its
+    // emulator fires no data breakpoints: the hardware watchpoint tests
+    // are left ignored there, saying so (scripts/nested-ci runs them on
+    // real KVM).
+    println!("cargo:rustc-check-cfg=cfg(kvm_pvm)");
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        println!("cargo:rustc-cfg=kvm_pvm");
+    }
 }
 
-/// Whether the tests that run a real client (socat) or QEMU beside kvmini
-/// can: emits `cargo:rustc-cfg=has_socat` when `socat -V` runs and
-/// `has_qemu` when `qemu-system-x86_64 --version` does, and otherwise
-/// leaves those tests `#[ignore]`d with the reason (scripts/install-deps
-/// installs both). Re-probed when /usr/bin changes (a package is
+/// Whether the tests that run a real client (socat, gdb) or QEMU beside
+/// kvmini can: emits `cargo:rustc-cfg=has_socat` when `socat -V` runs,
+/// `has_qemu` when `qemu-system-x86_64 --version` does and `has_gdb` when
+/// `gdb --version` does, and otherwise leaves those tests `#[ignore]`d
+/// with the reason (scripts/install-deps installs all three). Re-probed when /usr/bin changes (a package is
 /// installed).
 fn probe_clients() {
     println!("cargo:rerun-if-changed=/usr/bin");
     for (cfg, program, arg) in [
         ("has_socat", "socat", "-V"),
         ("has_qemu", "qemu-system-x86_64", "--version"),
+        ("has_gdb", "gdb", "--version"),
     ] {
         println!("cargo:rustc-check-cfg=cfg({cfg})");
         let runs = std::process::Command::new(program)

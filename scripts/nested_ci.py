@@ -94,7 +94,7 @@ DEFAULT_SKIP_TESTS = "running_out_of_address_space"
 
 # The one list of packages is scripts/install-deps'; these are the same.
 PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "e2fsprogs", "socat",
-            "crun"]
+            "crun", "gdb"]
 BUSYBOX = "/bin/busybox"
 # The modules the outer VM loads: virtio-9p for the shares, and KVM on AMD
 # (irqbypass, ccp, kvm, kvm_amd come by dependency).

@@ -156,6 +156,15 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "RULE", default_value_t = DebugExitStatus::Verbatim)]
     pub debug_exit_status: DebugExitStatus,
 
+    /// Serve a gdb remote stub on a Unix socket path or tcp:[HOST]:PORT
+    /// (HOST defaults to 127.0.0.1; the stub is unauthenticated: anyone who
+    /// can connect controls the guest). The guest is held before its first
+    /// instruction until gdb attaches; `,nowait` lets it run, and gdb stops
+    /// it when it attaches. Every vCPU is a gdb thread; all stop together.
+    /// Example: --gdb tcp::1234 (then gdb: target remote :1234)
+    #[arg(long, value_name = "ADDR[,nowait]", value_parser = crate::gdb::parse)]
+    pub gdb: Option<crate::gdb::GdbConfig>,
+
     /// Type the bytes of this file into COM1, as soon as the guest reads
     /// (or, with --input-after, once the output matches).
     /// Example: --input commands.txt
@@ -218,7 +227,7 @@ pub struct Args {
 pub const TINY_GUEST_MODES: &str =
     "hello, exit=N [exit-width=1|2|4], echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
-    blk, mbinfo, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
+    blk, mbinfo, debug=N, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
 fn cmdline_help() -> String {
     format!(
@@ -487,6 +496,7 @@ impl Args {
             },
             input: self.input,
             input_after: self.input_after,
+            gdb: self.gdb,
             boot_trace: self.boot_trace,
             seccomp: !self.no_seccomp,
             irqchip: match self.irqchip {

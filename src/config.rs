@@ -108,6 +108,8 @@ pub struct VmConfig {
     /// Confine kvmini's threads with seccomp filters.
     pub seccomp: bool,
     pub irqchip: IrqchipMode,
+    /// `--gdb`: where the gdb stub listens, and whether the guest waits.
+    pub gdb: Option<crate::gdb::GdbConfig>,
 }
 
 impl Default for VmConfig {
@@ -140,6 +142,7 @@ impl Default for VmConfig {
             boot_trace: false,
             seccomp: true,
             irqchip: IrqchipMode::Auto,
+            gdb: None,
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum StopReason {
     /// `--ktap`: a top-level test failed (its result line), or the report
     /// ended before its plan completed (how far it got).
     KtapFailed(String),
+    /// gdb's `kill` (through `--gdb`).
+    GdbKill,
     /// kvmini itself failed while the VM ran.
     HostError(String),
 }

@@ -13,6 +13,7 @@ pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod fatal;
+pub mod gdb;
 pub mod host_file;
 pub mod ktap;
 pub mod loader;

@@ -62,7 +62,7 @@ pub const TABLE: &[Row] = &[
         status: "128+N",
         meaning: "stopped by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, also SIGQUIT, \
                   SIGUSR1, SIGUSR2 and SIGALRM; \
-                  Ctrl-A x on the console counts as SIGINT",
+                  Ctrl-A x on the console counts as SIGINT, gdb's `kill` as SIGKILL (137)",
     },
 ];
 
@@ -122,6 +122,7 @@ pub fn code(reason: &StopReason) -> u8 {
         StopReason::Timeout => TIMEOUT,
         StopReason::Signal(sig) => SIGNAL_BASE.saturating_add(*sig as u8),
         StopReason::ConsoleQuit => SIGNAL_BASE + libc::SIGINT as u8,
+        StopReason::GdbKill => SIGNAL_BASE + libc::SIGKILL as u8,
         StopReason::FailOn(_) | StopReason::KtapFailed(_) => FAIL_ON,
         StopReason::HostError(_) => INTERNAL_ERROR,
     }
@@ -152,6 +153,7 @@ pub fn describe_short(reason: &StopReason) -> String {
         StopReason::Timeout => "timed out".into(),
         StopReason::Signal(sig) => format!("stopped by signal {}", signal_name(*sig)),
         StopReason::ConsoleQuit => "stopped from the console (Ctrl-A x)".into(),
+        StopReason::GdbKill => "killed from gdb".into(),
         StopReason::Until(p) => format!("--until {p:?} matched"),
         StopReason::FailOn(p) => format!("--fail-on {p:?} matched"),
         StopReason::KtapPassed => "ktap: the plan completed with no failure".into(),
@@ -246,6 +248,7 @@ mod tests {
             (StopReason::Signal(libc::SIGINT), 130),
             (StopReason::Signal(libc::SIGTERM), 143),
             (StopReason::ConsoleQuit, 130),
+            (StopReason::GdbKill, 137),
             (StopReason::HostError("x".into()), INTERNAL_ERROR),
         ];
         for (reason, want) in table {

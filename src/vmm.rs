@@ -3,6 +3,7 @@
 //! report how the VM ends through [`VmControl`].
 
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -94,6 +95,8 @@ pub enum Error {
     Console(#[source] std::io::Error),
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Gdb(#[from] crate::gdb::Error),
 }
 
 impl Error {
@@ -137,6 +140,7 @@ impl Error {
             | Error::SerialLog(..)
             | Error::Junit(..)
             | Error::SameFile(_)
+            | Error::Gdb(_)
             | Error::Input(..)
             | Error::Pattern(..) => BAD_INPUT,
             // No wildcard: a new error must be given its status here.
@@ -379,6 +383,8 @@ struct Shared {
     /// The helper that destroys the VM after kvmini has reported; made
     /// before the VM (and before any thread).
     reaper: Option<Reaper>,
+    /// `--gdb`'s listener, bound with the other inputs; the VM takes it.
+    gdb: Option<crate::gdb::GdbListener>,
 }
 
 /// Runs the VM described by `config` until it ends, rebooting it in place
@@ -397,6 +403,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         &config.modules,
     )?;
     let disks = open_disks(config)?;
+    let gdb = config.gdb.as_ref().map(crate::gdb::listen).transpose()?;
     if config.seccomp {
         seccomp::prepare_allocator();
     }
@@ -424,6 +431,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             return Err(Error::KvmCapability(name));
         }
     }
+    if config.gdb.is_some() && !kvm.check_extension(Cap::SetGuestDebug) {
+        return Err(Error::KvmCapability(
+            "guest debugging (KVM_CAP_SET_GUEST_DEBUG), which --gdb needs",
+        ));
+    }
     let max = kvm.get_max_vcpus();
     if usize::from(config.cpus) > max {
         return Err(Error::TooManyCpus(config.cpus, max));
@@ -442,6 +454,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             .seccomp
             .then(|| seccomp::filter(seccomp::ThreadKind::Worker)),
         reaper: None,
+        gdb,
     };
     let mut vmm = Vmm::build(
         &kvm,
@@ -497,8 +510,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
                 }
             }
         }
-        vmm.finish();
         let (reason, ktap_summary) = ktap_outcome(config, &console, junit, reason);
+        if let Some(g) = &mut vmm.gdb {
+            g.vm_stopped(crate::status::code(&reason));
+        }
+        vmm.finish();
         return Ok(Outcome {
             reason,
             ktap_summary,
@@ -530,6 +546,8 @@ struct Vmm {
     coalescing: std::cell::Cell<bool>,
     /// Where the first boot entered the kernel: a reboot loads the same.
     entry: (regs::Entry, u64),
+    /// `--gdb`'s server, for the whole run.
+    gdb: Option<crate::gdb::GdbServer>,
 }
 
 /// The vCPU threads: waiting for their first go, then running or parked.
@@ -628,9 +646,23 @@ impl Vmm {
                 (_, false) => "off (auto: the tiny guest on one vCPU polls)",
             }
         );
+        let gdb = match shared.gdb.take() {
+            Some(l) => Some(
+                crate::gdb::GdbServer::new(l, mem.clone(), control.clone())
+                    .map_err(Error::Console)?,
+            ),
+            None => None,
+        };
+        let debug = gdb.as_ref().map(|g| g.debug_sink());
         let mut vcpus = Starting::default();
         for id in 0..config.cpus {
-            vcpus.spawn(id, shared.vcpu_filter, triple_fault, control.clone())?;
+            vcpus.spawn(
+                id,
+                shared.vcpu_filter,
+                triple_fault,
+                control.clone(),
+                debug.clone(),
+            )?;
         }
         let cpuid = vcpu::supported_cpuid(kvm).map_err(Error::Cpuid)?;
         for id in 0..config.cpus {
@@ -658,6 +690,7 @@ impl Vmm {
             coalesce,
             coalescing: std::cell::Cell::new(false),
             entry,
+            gdb,
         })
     }
 
@@ -680,6 +713,9 @@ impl Vmm {
                     mmio: self.mmio.clone(),
                     trace: self.trace.clone(),
                 });
+                if let Some(g) = &mut self.gdb {
+                    g.set_vcpus(threads.iter().map(|t| Rc::downgrade(&t.handle)).collect());
+                }
                 self.vcpus = Vcpus::Started(threads);
             }
             Vcpus::Started(threads) => {
@@ -720,16 +756,18 @@ impl Vmm {
             }
         };
         let mut ring_tick = vcpu::coalesced::RingTick::new(coalescing, &kick_one);
-        event_loop::run(
-            &mut [
-                &mut stop,
-                &mut loop_state.signals,
-                &mut loop_state.timeout,
-                &mut ring_tick,
-                &mut console_loop,
-            ],
-            &self.control,
-        );
+        let mut subscribers: Vec<&mut dyn event_loop::Subscriber> = vec![
+            &mut stop,
+            &mut loop_state.signals,
+            &mut loop_state.timeout,
+            &mut ring_tick,
+            &mut console_loop,
+        ];
+        if let Some(g) = &mut self.gdb {
+            subscribers.push(g);
+        }
+        event_loop::run(&mut subscribers, &self.control);
+        drop(subscribers);
         // A vCPU may be waiting for room in a full output queue: close the
         // queues while kicking, then deliver what they hold.
         for w in &self.wiring {
@@ -757,6 +795,9 @@ impl Vmm {
         self.io.reset();
         self.mmio.reset();
         memory::zero(&self.mem).map_err(|e| format!("cannot clear guest memory: {e}"))?;
+        if let Some(g) = &mut self.gdb {
+            g.memory_reset();
+        }
         let entry =
             load_guest(config, &self.mem, &self.devices, files).map_err(|e| e.to_string())?;
         if entry != self.entry {
@@ -1019,7 +1060,9 @@ struct VcpuThread {
     // handle's drop joins the thread.
     start: Sender<Start>,
     parked: Receiver<Parked>,
-    handle: VcpuHandle,
+    /// Shared with `--gdb`'s server, which holds it weakly: the only
+    /// strong reference is this one, so its drop still joins the thread.
+    handle: Rc<VcpuHandle>,
 }
 
 /// vCPU threads from their start until Vmm::run lets them into the guest.
@@ -1044,12 +1087,23 @@ impl Starting {
         filter: Option<&'static [sock_filter]>,
         triple_fault: TripleFault,
         control: Arc<VmControl>,
+        debug: Option<crate::gdb::DebugSink>,
     ) -> Result<(), Error> {
         let (start, start_rx) = mpsc::channel::<Start>();
         let (parked_tx, parked) = mpsc::channel::<Parked>();
-        // No debugger yet: a debug exit (which nothing can ask for) would
-        // stop the VM.
-        let (pending, mailbox) = vcpu::handle::channel(id, None);
+        // Without --gdb a debug exit (which nothing can ask for) stops the
+        // VM; with it, stops go to the gdb server, and with its wait every
+        // vCPU is held before its first instruction.
+        let (pending, mailbox) = match debug {
+            Some(d) => {
+                let (pending, mailbox) = vcpu::handle::channel(id, Some(d.stops));
+                if d.hold {
+                    pending.hold();
+                }
+                (pending, mailbox.with_wake(d.wake))
+            }
+            None => vcpu::handle::channel(id, None),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -1114,7 +1168,7 @@ impl Starting {
                 // its vCPU comes back in the error and is dropped here.
                 let _ = thread.start.send(Start::First(vcpu, go.clone()));
                 VcpuThread {
-                    handle: thread.pending.attach(thread.handle),
+                    handle: Rc::new(thread.pending.attach(thread.handle)),
                     start: thread.start,
                     parked: thread.parked,
                 }
@@ -1302,9 +1356,17 @@ fn park(threads: &[VcpuThread]) {
 fn stop_threads(threads: Vec<VcpuThread>) {
     let joins: Vec<_> = threads
         .into_iter()
-        .map(|t| {
+        .filter_map(|t| {
             drop(t.start);
-            t.handle.finish()
+            match Rc::try_unwrap(t.handle) {
+                Ok(h) => Some(h.finish()),
+                // Not reached: the gdb server holds weak references only.
+                // The handle's drop then joins the thread.
+                Err(h) => {
+                    h.kick();
+                    None
+                }
+            }
         })
         .collect();
     for j in joins {

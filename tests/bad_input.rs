@@ -756,3 +756,34 @@ fn debug_exit_status_and_module_bad_values() {
         &["--module", "printable ASCII only"],
     );
 }
+
+#[test]
+fn gdb_addresses_that_cannot_be_listened_on() {
+    assert_error(
+        &kvmini(&["--gdb", "tcp:localhost:99999"]),
+        2,
+        &["--gdb", "is not a TCP port"],
+    );
+    assert_error(&kvmini(&["--gdb", ""]), 2, &["--gdb", "tcp:[HOST]:PORT"]);
+    assert_error(
+        &kvmini(&["--gdb", "/nonexistent-kvmini-dir/gdb.sock"]),
+        2,
+        &["--gdb /nonexistent-kvmini-dir/gdb.sock: cannot listen"],
+    );
+    // Something that is not a socket is not kvmini's to replace.
+    let file = std::env::temp_dir().join(format!("kvmini-gdb-notasocket-{}", std::process::id()));
+    std::fs::write(&file, b"keep").unwrap();
+    let run = kvmini(&["--gdb", file.to_str().unwrap()]);
+    assert_error(&run, 2, &["--gdb", "the path exists and is not a socket"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    let _ = std::fs::remove_file(&file);
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let addr = format!("tcp::{port}");
+    assert_error(
+        &kvmini(&["--gdb", &addr]),
+        2,
+        &["--gdb tcp:127.0.0.1:", "cannot listen", "in use"],
+    );
+}

@@ -25,6 +25,9 @@ pub enum Mode {
     Blk,
     Loopback,
     MbInfo,
+    /// `debug` or `debug=N`: N calls of the gdb tests' function (see
+    /// debug.rs).
+    Debug(u64),
     /// `ktap=SPEC` (see ktap.rs); the spec is in [`Args::ktap`].
     Ktap,
 }
@@ -98,7 +101,11 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"blk" => Mode::Blk,
         b"loopback" => Mode::Loopback,
         b"mbinfo" => Mode::MbInfo,
+        b"debug" => Mode::Debug(3),
         _ => {
+            if let Some(n) = kv(word, b"debug") {
+                return Some(Mode::Debug(n));
+            }
             if let Some(n) = kv(word, b"exit") {
                 Mode::Exit(u8::try_from(n).ok()?)
             } else if let Some(n) = kv(word, b"flood") {

@@ -40,6 +40,9 @@
 //!   mbinfo      the multiboot information, each module's size, address and FNV-1a
 //!               hash, fw_cfg's CPU count and RAM, the RSDT's tables and the PM
 //!               timer (see mbinfo.rs); exit 0 (3 when not booted by multiboot)
+//!   debug[=N]   a target for gdb (see debug.rs): N calls (default 3) of
+//!               kvmini_debug_point, each counting in kvmini_debug_counter,
+//!               then kvmini_debug_banner on COM1, exit 3
 //!   ktap=SPEC   a KTAP report as SPEC describes it (p pass, f fail, s skip,
 //!               (...) a suite, ! stop there; see ktap.rs), then exit 0 or
 //!               what ktap-end=exit|poweroff|fault|panic|spin says; `tap13`
@@ -54,6 +57,7 @@ mod blk;
 mod bootinfo;
 mod chaos;
 mod cmdline;
+mod debug;
 mod io;
 mod ktap;
 mod mbinfo;
@@ -92,6 +96,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Blk => blk::run(),
         Mode::Loopback => loopback(),
         Mode::MbInfo => mbinfo::run(&boot),
+        Mode::Debug(n) => debug::run(n),
         Mode::Ktap => {
             let style = ktap::Style {
                 tap13: args.tap13,

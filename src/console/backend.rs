@@ -82,6 +82,39 @@ const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// A Unix socket path's limit (sun_path, NUL included).
 const SUN_PATH_MAX: usize = 108;
 
+/// Binds a Unix socket listener at `path`, non-blocking. Only a stale
+/// socket from an earlier run is replaced: one that something listens on
+/// is in use, and anything else at the path is not kvmini's to delete. The
+/// socket is bound by its absolute path where that fits, so that another
+/// kvmini finds it listed (see [`listened_on`]).
+pub fn listen_unix(path: &Path) -> io::Result<UnixListener> {
+    let len = path.as_os_str().len();
+    if len >= SUN_PATH_MAX {
+        return Err(io::Error::other(format!(
+            "the path is {len} bytes; a Unix socket's path must be shorter \
+             than {SUN_PATH_MAX} (use a shorter or relative path)"
+        )));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
+            return Err(io::Error::other("the path exists and is not a socket"));
+        }
+        if listened_on(path)? {
+            return Err(io::Error::other(
+                "in use: something is listening on it (another kvmini?)",
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_path = std::path::absolute(path)
+        .ok()
+        .filter(|a| a.as_os_str().len() < SUN_PATH_MAX)
+        .unwrap_or_else(|| path.to_path_buf());
+    let listener = UnixListener::bind(&bind_path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 /// Whether something listens on the socket at `path`. kvmini binds its
 /// sockets by absolute path, so another kvmini's listener is found in
 /// /proc/net/unix without connecting to it (a connection would be taken
@@ -273,35 +306,7 @@ impl Backend {
                     path: path.clone(),
                     source,
                 };
-                let len = path.as_os_str().len();
-                if len >= SUN_PATH_MAX {
-                    return Err(err(io::Error::other(format!(
-                        "the path is {len} bytes; a Unix socket's path must be shorter \
-                         than {SUN_PATH_MAX} (use a shorter or relative path)"
-                    ))));
-                }
-                // Only a stale socket from an earlier run is replaced: one
-                // that something listens on is in use, and anything else
-                // is not kvmini's to delete.
-                if let Ok(m) = std::fs::symlink_metadata(path) {
-                    if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
-                        return Err(err(io::Error::other("the path exists and is not a socket")));
-                    }
-                    if listened_on(path).map_err(err)? {
-                        return Err(err(io::Error::other(
-                            "in use: something is listening on it (another kvmini?)",
-                        )));
-                    }
-                    let _ = std::fs::remove_file(path);
-                }
-                // Bound by absolute path where it fits, so that another
-                // kvmini finds it listed (see listened_on).
-                let bind_path = std::path::absolute(path)
-                    .ok()
-                    .filter(|a| a.as_os_str().len() < SUN_PATH_MAX)
-                    .unwrap_or_else(|| path.clone());
-                let listener = UnixListener::bind(&bind_path).map_err(err)?;
-                listener.set_nonblocking(true).map_err(err)?;
+                let listener = listen_unix(path).map_err(err)?;
                 let reserve = listener.as_fd().try_clone_to_owned().ok();
                 if wait {
                     eprintln!(

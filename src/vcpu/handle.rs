@@ -14,12 +14,15 @@
 //! Commands are served whenever the vCPU is out of KVM_RUN for a kick or
 //! paused: GetState of a running vCPU reads it as it was at the kick.
 
+use std::borrow::Borrow;
 use std::cell::Cell;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_debug_exit_arch, kvm_guest_debug};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use super::state::VcpuState;
@@ -94,6 +97,14 @@ impl VcpuResponse {
     }
 }
 
+/// The `exception` of a [`DebugStop`] that was no debug exit but KVM's
+/// failure to emulate an instruction, reported only to a debugger: a KVM
+/// that emulates every guest instruction (this project's PVM hosts) fails
+/// on an int3 under guest debugging instead of exiting for it, so the
+/// debugger decides (its own breakpoint, or a crash after all). `pc` is
+/// the instruction's address.
+pub const EMULATION_FAILURE: u32 = u32::MAX;
+
 /// A vCPU that stopped at a debug exit. It stays paused, as after
 /// [`VcpuEvent::Pause`], until it is resumed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +158,8 @@ pub struct Mailbox {
     commands: Receiver<Request>,
     replies: Sender<Reply>,
     stops: Option<Sender<DebugStop>>,
+    /// Written after each reported stop, to wake a poll(2) on it.
+    wake: Option<Arc<EventFd>>,
 }
 
 /// What the mailbox holds for the vCPU thread.
@@ -188,7 +201,27 @@ impl Mailbox {
     /// Reports a debug stop; false if nobody listens for them.
     pub(super) fn report(&self, exit: kvm_debug_exit_arch) -> bool {
         let stop = DebugStop { id: self.id, exit };
-        self.stops.as_ref().is_some_and(|s| s.send(stop).is_ok())
+        let sent = self.stops.as_ref().is_some_and(|s| s.send(stop).is_ok());
+        if sent {
+            if let Some(w) = &self.wake {
+                // Fails only when the counter would overflow: it is
+                // readable then anyway.
+                let _ = w.write(1);
+            }
+        }
+        sent
+    }
+
+    /// Whether debug stops are listened for.
+    pub(super) fn debugged(&self) -> bool {
+        self.stops.is_some()
+    }
+
+    /// Has every reported stop also written `wake` (an eventfd the
+    /// listener polls).
+    pub fn with_wake(mut self, wake: Arc<EventFd>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 }
 
@@ -200,6 +233,17 @@ pub struct PendingHandle {
 }
 
 impl PendingHandle {
+    /// Holds the vCPU before its first instruction: a Pause is queued that
+    /// its thread serves before it first enters KVM_RUN, so it stays
+    /// parked until a Resume. (Sequence number 0 is never waited for: the
+    /// handle's own commands count from 1, and its answer is skipped.)
+    pub fn hold(&self) {
+        let _ = self.commands.send(Request {
+            seq: 0,
+            event: VcpuEvent::Pause,
+        });
+    }
+
     /// The handle of `thread`, the thread that owns the matching mailbox.
     pub fn attach(self, thread: JoinHandle<Option<Vcpu>>) -> VcpuHandle {
         VcpuHandle {
@@ -231,6 +275,7 @@ pub fn channel(id: u8, stops: Option<Sender<DebugStop>>) -> (PendingHandle, Mail
             commands: commands_rx,
             replies: replies_tx,
             stops,
+            wake: None,
         },
     )
 }
@@ -409,16 +454,16 @@ impl Drop for VcpuHandle {
 /// Sends every handle the command `make` builds, then waits for every
 /// answer (each by its own timeout from now) and checks it with `expect`;
 /// returns the first error, having waited for all.
-fn all(
-    handles: &[VcpuHandle],
+fn all<H: Borrow<VcpuHandle>>(
+    handles: &[H],
     what: &'static str,
     make: fn() -> VcpuEvent,
     expect: fn(&VcpuResponse) -> bool,
 ) -> Result<(), CommandError> {
     let start = Instant::now();
-    let sent: Vec<_> = handles.iter().map(|h| h.send(make())).collect();
+    let sent: Vec<_> = handles.iter().map(|h| h.borrow().send(make())).collect();
     let mut first = None;
-    for (h, seq) in handles.iter().zip(sent) {
+    for (h, seq) in handles.iter().map(Borrow::borrow).zip(sent) {
         let r = seq
             .and_then(|seq| h.wait(seq, what, start + h.timeout))
             .and_then(|r| {
@@ -443,7 +488,7 @@ fn all(
 
 /// All-stop: pauses every vCPU and returns once all are parked (every
 /// kick goes out before the first answer is awaited).
-pub fn pause_all(handles: &[VcpuHandle]) -> Result<(), CommandError> {
+pub fn pause_all<H: Borrow<VcpuHandle>>(handles: &[H]) -> Result<(), CommandError> {
     all(
         handles,
         "Pause",
@@ -453,7 +498,7 @@ pub fn pause_all(handles: &[VcpuHandle]) -> Result<(), CommandError> {
 }
 
 /// Resumes every vCPU.
-pub fn resume_all(handles: &[VcpuHandle]) -> Result<(), CommandError> {
+pub fn resume_all<H: Borrow<VcpuHandle>>(handles: &[H]) -> Result<(), CommandError> {
     all(
         handles,
         "Resume",

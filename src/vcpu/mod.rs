@@ -282,7 +282,19 @@ impl Vcpu {
             let exit = unsafe { raw.attach() };
             counts.count(&exit);
             log::trace!("vCPU {}: {exit:?}", self.id);
-            match exit::handle(exit, io, mmio, triple_fault) {
+            let action = if matches!(exit, exit::Exit::InternalError(1)) && mailbox.debugged() {
+                match self.fd.get_regs() {
+                    Ok(r) => Action::DebugStop(kvm_bindings::kvm_debug_exit_arch {
+                        exception: handle::EMULATION_FAILURE,
+                        pc: r.rip,
+                        ..Default::default()
+                    }),
+                    Err(_) => exit::handle(exit, io, mmio, triple_fault),
+                }
+            } else {
+                exit::handle(exit, io, mmio, triple_fault)
+            };
+            match action {
                 Action::Continue => {}
                 Action::DebugStop(arch) => {
                     if !mailbox.report(arch) {
@@ -347,14 +359,12 @@ impl Vcpu {
     fn serve(&mut self, event: &VcpuEvent, paused: &mut bool) -> VcpuResponse {
         match event {
             VcpuEvent::Pause => {
-                if !*paused {
-                    *paused = true;
-                    // Tells a guest on kvmclock that it was paused, so that
-                    // its watchdogs do not count the pause as a lockup.
-                    // EINVAL if the guest does not use kvmclock: nothing
-                    // to tell.
-                    let _ = self.fd.kvmclock_ctrl();
-                }
+                *paused = true;
+                // Tells a guest on kvmclock that it was paused (also when
+                // it was parked at a debug stop already), so that its
+                // watchdogs do not count the pause as a lockup. EINVAL if
+                // the guest does not use kvmclock: nothing to tell.
+                let _ = self.fd.kvmclock_ctrl();
                 VcpuResponse::Paused
             }
             VcpuEvent::Resume => {

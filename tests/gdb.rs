@@ -1,0 +1,450 @@
+//! `--gdb` with Debian's gdb in batch mode, on the tiny guest's `debug`
+//! mode: its ELF with symbols (build.rs keeps the linked image next to the
+//! embedded one) gives gdb the names kvmini_debug_point (one call a
+//! round), kvmini_debug_counter (counts the calls) and kvmini_debug_banner.
+//!
+//! This project's PVM host emulates every guest instruction: its KVM
+//! single-steps and fires instruction breakpoints, but fires no data
+//! breakpoints (the hardware watchpoint tests are ignored there, saying
+//! so; scripts/nested-ci runs them on real KVM), and fails to emulate an
+//! int3 instead of exiting for it (kvmini takes that failure at its own
+//! int3 for the breakpoint, which the `break` tests cover).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::KVMINI;
+
+/// The tiny guest as linked, with its symbols.
+const GUEST_ELF: &str = concat!(env!("OUT_DIR"), "/kvmini-guest-linked.elf");
+
+/// A kvmini started with `--gdb tcp:127.0.0.1:0`, and the port it chose.
+struct Vm {
+    child: Child,
+    port: u16,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Vm {
+    fn start(args: &[&str]) -> Vm {
+        let mut child = Command::new(KVMINI)
+            .args(["--gdb", "tcp:127.0.0.1:0", "--timeout", "60s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("kvmini runs");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("kvmini says where --gdb listens");
+            if let Some(rest) = line.split("listening on tcp:127.0.0.1:").nth(1) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                break digits.parse().unwrap();
+            }
+        };
+        Vm {
+            child,
+            port,
+            stderr: rx,
+        }
+    }
+
+    /// Waits for kvmini to end; its status, stdout and the rest of stderr.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kvmini did not end");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let err: Vec<String> = self.stderr.try_iter().collect();
+        (status, out, err.join("\n"))
+    }
+}
+
+/// Runs gdb in batch mode on the tiny guest's ELF: attaches to `vm`, then
+/// runs `commands` (one gdb command a line). Returns what gdb printed.
+fn gdb(vm: &Vm, commands: &str) -> String {
+    let script =
+        std::env::temp_dir().join(format!("kvmini-gdb-{}-{}.gdb", std::process::id(), vm.port));
+    std::fs::write(
+        &script,
+        format!(
+            "set pagination off\nset confirm off\ntarget remote 127.0.0.1:{}\n{commands}\n",
+            vm.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("gdb")
+        .args(["-batch", "-nx", "-x"])
+        .arg(&script)
+        .arg(GUEST_ELF)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gdb runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gdb did not end");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&script);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The value gdb printed for `p NAME` as `$N = VALUE`, the `nth` such line.
+fn printed(out: &str, nth: usize) -> String {
+    out.lines()
+        .filter(|l| l.starts_with('$'))
+        .nth(nth)
+        .and_then(|l| l.split(" = ").nth(1))
+        .unwrap_or_else(|| panic!("no value {nth} in:\n{out}"))
+        .to_string()
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn break_step_examine_and_continue_to_the_exit_status() {
+    let vm = Vm::start(&["--cmdline", "debug"]);
+    let out = gdb(
+        &vm,
+        "info registers rip\n\
+         break kvmini_debug_point\n\
+         continue\n\
+         info registers rip\n\
+         stepi\n\
+         info registers rip\n\
+         x/s &kvmini_debug_banner\n\
+         p $_siginfo\n\
+         delete\n\
+         continue",
+    );
+    // Held before its first instruction: the entry point.
+    assert!(out.contains("in _start ()"), "{out}");
+    assert!(
+        out.contains("Breakpoint 1, 0x") && out.contains("in kvmini_debug_point ()"),
+        "{out}"
+    );
+    let rips: Vec<&str> = out.lines().filter(|l| l.starts_with("rip ")).collect();
+    assert_eq!(rips.len(), 3, "{out}");
+    assert!(rips[0].contains("<_start>"), "{out}");
+    assert!(rips[1].contains("<kvmini_debug_point>"), "{out}");
+    // stepi moved rip past the function's first instruction.
+    assert!(rips[2].contains("<kvmini_debug_point+"), "{out}");
+    assert!(out.contains("\"kvmini debug target\""), "{out}");
+    assert!(out.contains("exited with code 03"), "{out}");
+    let (status, stdout, _) = vm.finish();
+    assert_eq!(status, Some(3));
+    assert_eq!(stdout, "kvmini debug target\n");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn two_vcpus_stop_and_resume_a_hundred_times_at_a_hardware_breakpoint() {
+    let vm = Vm::start(&["--cpus", "2", "--cmdline", "debug=102"]);
+    let out = gdb(
+        &vm,
+        "hbreak kvmini_debug_point\n\
+         info threads\n\
+         set $i = 0\n\
+         while $i < 100\n\
+         continue\n\
+         set $i = $i + 1\n\
+         end\n\
+         p $i\n\
+         p *(unsigned long *)&kvmini_debug_counter\n\
+         p $rdi\n\
+         info threads\n\
+         delete\n\
+         continue",
+    );
+    assert!(
+        out.contains("Thread 1.1") && out.contains("Thread 1.2"),
+        "{out}"
+    );
+    assert_eq!(printed(&out, 0), "100", "{out}");
+    // Each continue stopped at the next call, no call was missed or
+    // counted twice: the 100th stop is at the entry of call 100.
+    assert_eq!(printed(&out, 1), "99", "{out}");
+    assert_eq!(printed(&out, 2), "100", "{out}");
+    assert!(out.contains("exited with code 03"), "{out}");
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+#[cfg_attr(
+    kvm_pvm,
+    ignore = "this host's KVM (PVM) emulates every instruction and fires no data breakpoints; \
+              scripts/nested-ci runs this on real KVM"
+)]
+fn a_hardware_watchpoint_fires_on_the_variable() {
+    let vm = Vm::start(&["--cmdline", "debug=5"]);
+    let out = gdb(
+        &vm,
+        "hbreak kvmini_debug_point\n\
+         continue\n\
+         delete\n\
+         watch *(unsigned long *)&kvmini_debug_counter\n\
+         continue\n\
+         continue\n\
+         delete\n\
+         rwatch *(unsigned long *)&kvmini_debug_counter\n\
+         continue\n\
+         delete\n\
+         continue",
+    );
+    assert!(out.contains("Hardware watchpoint 2"), "{out}");
+    assert!(out.contains("Old value = 0\nNew value = 1"), "{out}");
+    assert!(out.contains("Old value = 1\nNew value = 2"), "{out}");
+    assert!(out.contains("Hardware read watchpoint 3"), "{out}");
+    assert!(out.contains("Value = 2"), "{out}");
+    assert!(out.contains("exited with code 03"), "{out}");
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn a_software_watchpoint_single_steps_to_the_change() {
+    let vm = Vm::start(&["--cmdline", "debug=2"]);
+    let out = gdb(
+        &vm,
+        "set can-use-hw-watchpoints 0\n\
+         hbreak kvmini_debug_point\n\
+         continue\n\
+         delete\n\
+         watch *(unsigned long *)&kvmini_debug_counter\n\
+         continue\n\
+         delete\n\
+         continue",
+    );
+    assert!(out.contains("Watchpoint 2"), "{out}");
+    assert!(out.contains("Old value = 0\nNew value = 1"), "{out}");
+    assert!(out.contains("exited with code 03"), "{out}");
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn registers_are_read_and_written_and_bad_memory_is_an_error() {
+    let vm = Vm::start(&["--cmdline", "debug=1"]);
+    let out = gdb(
+        &vm,
+        "hbreak kvmini_debug_point\n\
+         continue\n\
+         p/x $cr0\n\
+         p/x $efer\n\
+         p/x $cs\n\
+         set $rax = 0x1234abcd\n\
+         p/x $rax\n\
+         python\n\
+         try:\n    gdb.execute('x/2gx 0x7fff00000000')\n\
+         except gdb.MemoryError as e:\n    print('refused:', e)\n\
+         end\n\
+         p *(unsigned long *)&kvmini_debug_counter\n\
+         set var *(unsigned long *)&kvmini_debug_counter = 41\n\
+         p *(unsigned long *)&kvmini_debug_counter\n\
+         delete\n\
+         continue",
+    );
+    // Long mode with paging: CR0.PG and PE, EFER.LMA and LME.
+    let cr0 = u64::from_str_radix(printed(&out, 0).trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(cr0 & 0x8000_0001, 0x8000_0001, "{out}");
+    let efer = u64::from_str_radix(printed(&out, 1).trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(efer & 0x500, 0x500, "{out}");
+    assert_eq!(printed(&out, 2), "0x10", "{out}");
+    assert_eq!(printed(&out, 3), "0x1234abcd", "{out}");
+    // (rax is dead at the entry: the function sets it.) Unmapped memory:
+    // an error reply, and the session goes on.
+    assert!(
+        out.contains("refused: Cannot access memory at address 0x7fff00000000"),
+        "{out}"
+    );
+    assert_eq!(printed(&out, 4), "0", "{out}");
+    assert_eq!(printed(&out, 5), "41", "{out}");
+    assert!(out.contains("exited with code 03"), "{out}");
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn detach_lets_the_guest_run_on_without_its_breakpoints() {
+    let vm = Vm::start(&["--cmdline", "debug=3"]);
+    let out = gdb(
+        &vm,
+        "break kvmini_debug_point\n\
+         continue\n\
+         detach",
+    );
+    assert!(out.contains("Breakpoint 1, "), "{out}");
+    let (status, stdout, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+    assert_eq!(stdout, "kvmini debug target\n");
+    assert!(err.contains("gdb detached; the guest runs on"), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn kill_from_gdb_is_status_137() {
+    let vm = Vm::start(&["--cmdline", "debug"]);
+    let out = gdb(&vm, "hbreak kvmini_debug_point\ncontinue\nkill");
+    assert!(out.contains("in kvmini_debug_point ()"), "{out}");
+    let (status, stdout, err) = vm.finish();
+    assert_eq!(status, Some(137), "{err}");
+    assert_eq!(stdout, "");
+    assert!(err.contains("killed from gdb (exit status 137)"), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+#[cfg_attr(not(has_gdb), ignore = "needs gdb (scripts/install-deps installs it)")]
+fn a_dropped_connection_resumes_the_guest_and_a_new_gdb_attaches() {
+    // Long enough to still run when the second gdb comes.
+    let vm = Vm::start(&["--cmdline", "debug=1000000000"]);
+    {
+        // A client that goes without a word: the guest is released.
+        let _c = std::net::TcpStream::connect(("127.0.0.1", vm.port)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = vm
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("kvmini says the connection closed");
+        if line.contains("the gdb connection closed; the guest runs on") {
+            break;
+        }
+    }
+    let out = gdb(
+        &vm,
+        "hbreak kvmini_debug_point\n\
+         continue\n\
+         p $rdi > 1\n\
+         kill",
+    );
+    // The guest ran between the two: it was past its first calls.
+    assert!(out.contains("in kvmini_debug_point ()"), "{out}");
+    assert_eq!(printed(&out, 0), "1", "{out}");
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(137), "{err}");
+}
+
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn nowait_runs_the_guest_without_a_debugger() {
+    let run = common::kvmini(&["--gdb", "tcp:127.0.0.1:0,nowait", "--cmdline", "debug"]);
+    assert_eq!(run.status, Some(3), "{}", run.stderr);
+    assert_eq!(run.stdout_str(), "kvmini debug target\n");
+    assert!(run.stderr.contains("--gdb is listening on tcp:127.0.0.1:"));
+}
+
+/// gdb's Ctrl-C, as gdb sends it: the byte 0x03 while the guest runs. The
+/// stub stops every vCPU and answers with a stop for SIGINT (signal 2).
+#[test]
+#[cfg_attr(
+    not(kvm_usable),
+    ignore = "needs a usable /dev/kvm (set by build.rs; KVMINI_SKIP_KVM_TESTS=1 also skips)"
+)]
+fn an_interrupt_stops_a_running_guest_with_sigint() {
+    use std::io::Write;
+    let vm = Vm::start(&["--cpus", "2", "--cmdline", "debug=1000000000"]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", vm.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut seen = Vec::new();
+    let mut read_until = |c: &mut std::net::TcpStream, want: &[u8]| {
+        let mut buf = [0u8; 512];
+        while !seen.windows(want.len()).any(|w| w == want) {
+            let n = c.read(&mut buf).expect("the stub answers");
+            assert!(n > 0, "the stub closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    // Continue (acknowledged with '+'), then the interrupt.
+    c.write_all(b"$c#63").unwrap();
+    read_until(&mut c, b"+");
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all(&[0x03]).unwrap();
+    read_until(&mut c, b"$T02");
+    // Killed from there.
+    c.write_all(b"+$vKill;1#6e").unwrap();
+    let (status, _, err) = vm.finish();
+    assert_eq!(status, Some(137), "{err}");
+}
