@@ -112,14 +112,6 @@ fn probe_kvm() {
     if version == KVM_API_VERSION {
         println!("cargo:rustc-cfg=kvm_usable");
     }
-    // PVM (the kvm_pvm module) emulates every guest instruction, and its
-    // emulator fires no data breakpoints: the hardware watchpoint tests
-    // are left ignored there, saying so (scripts/nested-ci runs them on
-    // real KVM).
-    println!("cargo:rustc-check-cfg=cfg(kvm_pvm)");
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        println!("cargo:rustc-cfg=kvm_pvm");
-    }
 }
 
 /// Whether the tests that run a real client (socat, gdb) or QEMU beside

@@ -543,6 +543,9 @@ pub struct GdbTarget {
     reinject: Vec<bool>,
     /// Whether the vCPUs run (between a resume and the next stop).
     running: bool,
+    /// This host's KVM is PVM (the kvm_pvm module), whose instruction
+    /// emulator fires no data breakpoints.
+    no_data_breakpoints: bool,
 }
 
 fn tid_of(index: usize) -> Tid {
@@ -561,6 +564,7 @@ impl GdbTarget {
             stepping: Vec::new(),
             reinject: Vec::new(),
             running: true,
+            no_data_breakpoints: std::path::Path::new("/sys/module/kvm_pvm").exists(),
         }
     }
 
@@ -640,14 +644,22 @@ impl GdbTarget {
             };
             let step = action == Action::Step;
             let inject = std::mem::take(&mut self.reinject[i]);
-            h.set_guest_debug(&self.debug_for(step, inject))
-                .map_err(|e| e.to_string())?;
+            match h.set_guest_debug(&self.debug_for(step, inject)) {
+                Ok(()) => {}
+                // Stopping: gdb hears the exit from vm_stopped.
+                Err(crate::vcpu::CommandError::Exited(_)) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
             self.stepping[i] = step;
             resumed.push(h);
         }
-        crate::vcpu::handle::resume_all(&resumed).map_err(|e| e.to_string())?;
         self.running = true;
-        Ok(())
+        match crate::vcpu::handle::resume_all(&resumed) {
+            // A vCPU that ended the guest as the others were let go: the
+            // VM is stopping, and gdb hears the exit from vm_stopped.
+            Err(crate::vcpu::CommandError::Exited(_)) => Ok(()),
+            r => r.map_err(|e| e.to_string()),
+        }
     }
 
     /// Takes every breakpoint out (int3s back to the guest's bytes, debug
@@ -960,6 +972,15 @@ impl HwWatchpoint for GdbTarget {
         // A debug register watches 1, 2, 4 or 8 bytes, aligned to their
         // size; gdb splits or refuses anything else.
         if !matches!(len, 1 | 2 | 4 | 8) || !addr.is_multiple_of(len) {
+            return Ok(false);
+        }
+        if self.no_data_breakpoints {
+            // Refused rather than set and never fired.
+            eprintln!(
+                "kvmini: gdb: this host's KVM (PVM) emulates every guest instruction and \
+                 fires no data breakpoints; hardware watchpoints are refused (gdb's `set \
+                 can-use-hw-watchpoints 0` watches by single-stepping)"
+            );
             return Ok(false);
         }
         Ok(self.add_slot(HwSlot {

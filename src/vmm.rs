@@ -1009,6 +1009,9 @@ fn load_multiboot_guest(
     ))
 }
 
+/// How often a vCPU thread parked out of the guest answers its mailbox.
+const PARKED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How one vCPU is set up.
 struct VcpuSetup {
     id: u8,
@@ -1130,7 +1133,18 @@ impl Starting {
                         return Some(vcpu);
                     }
                     loop {
-                        match start_rx.recv() {
+                        // Commands sent as the VM stopped (a debugger's
+                        // resume racing the guest's exit) are answered
+                        // while parked, within PARKED_POLL.
+                        let next = match start_rx.recv_timeout(PARKED_POLL) {
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                mailbox.answer_stopped();
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+                            Ok(s) => Ok(s),
+                        };
+                        match next {
                             Ok(Start::Reset) => {
                                 if parked_tx.send(vcpu.reset()).is_err() {
                                     return Some(vcpu);

@@ -82,6 +82,9 @@ pub enum VcpuResponse {
     Translated(Option<u64>),
     /// The KVM call named failed.
     Failed(&'static str, kvm_ioctls::Error),
+    /// The vCPU has left the guest for good or until the next boot (the
+    /// VM is stopping): the command was not carried out.
+    Stopped,
 }
 
 impl VcpuResponse {
@@ -93,6 +96,7 @@ impl VcpuResponse {
             VcpuResponse::Done => "Done",
             VcpuResponse::Translated(_) => "Translated",
             VcpuResponse::Failed(..) => "Failed",
+            VcpuResponse::Stopped => "Stopped",
         }
     }
 }
@@ -210,6 +214,16 @@ impl Mailbox {
             }
         }
         sent
+    }
+
+    /// Answers every queued command with [`VcpuResponse::Stopped`]: what a
+    /// vCPU thread that has left the guest (the VM stopping) does while it
+    /// waits, so that a command sent just as the VM stopped is answered at
+    /// once instead of timing out.
+    pub fn answer_stopped(&self) {
+        while let Ok(request) = self.commands.try_recv() {
+            self.reply(&request, VcpuResponse::Stopped);
+        }
     }
 
     /// Whether debug stops are listened for.
@@ -371,6 +385,7 @@ impl VcpuHandle {
                 what: call,
                 source,
             }),
+            VcpuResponse::Stopped => Err(CommandError::Exited(self.id)),
             r => Ok(r),
         }
     }
@@ -469,6 +484,8 @@ fn all<H: Borrow<VcpuHandle>>(
             .and_then(|r| {
                 if expect(&r) {
                     Ok(())
+                } else if let VcpuResponse::Stopped = r {
+                    Err(CommandError::Exited(h.id))
                 } else if let VcpuResponse::Failed(call, source) = r {
                     Err(CommandError::Kvm {
                         id: h.id,
