@@ -89,8 +89,16 @@ NESTED = REPO / "scripts" / "nested"
 # (tests/hostile_host.rs) is about the host's allocator and memory layout,
 # not KVM, and runs on the host in `cargo test`; in the outer VM std's own
 # thread-local bookkeeping, which allocates without kvmini's allocator, was
-# seen to fail first and print std's message.
-DEFAULT_SKIP_TESTS = "running_out_of_address_space"
+# seen to fail first and print std's message. And the gdb tests that need
+# a breakpoint or a watchpoint to fire (tests/gdb.rs): under QEMU's emulated
+# SVM (QEMU 7.2, the outer VM) an int3 in the inner guest reaches the
+# guest's own handler although KVM intercepts #BP for its debugger, and
+# debug-register breakpoints never fire (seen 2026-12-01, tiny guest and
+# Linux alike); single-stepping works there, and the gdb tests built on it
+# run. All of these run on the host under `cargo test`.
+DEFAULT_SKIP_TESTS = ("running_out_of_address_space break_step_examine "
+                      "stop_and_resume_a_hundred_times_at_a_hardware_breakpoint "
+                      "hardware_watchpoints_fire a_software_watchpoint")
 
 # The one list of packages is scripts/install-deps'; these are the same.
 PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "e2fsprogs", "socat",
