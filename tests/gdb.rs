@@ -145,6 +145,15 @@ fn gdb(vm: &Vm, commands: &str) -> String {
     )
 }
 
+/// gdb saw the guest exit with status 3 (the debug mode's), and so did
+/// kvmini's caller; kvmini's stdout and stderr.
+fn exits_3(vm: Vm, gdb_out: &str) -> (String, String) {
+    assert!(gdb_out.contains("exited with code 03"), "{gdb_out}");
+    let (status, stdout, err) = vm.finish();
+    assert_eq!(status, Some(3), "{err}");
+    (stdout, err)
+}
+
 /// The value gdb printed for `p NAME` as `$N = VALUE`, the `nth` such line.
 fn printed(out: &str, nth: usize) -> String {
     out.lines()
@@ -228,9 +237,7 @@ fn two_vcpus_stop_and_resume_a_hundred_times_at_a_hardware_breakpoint() {
     // counted twice: the 100th stop is at the entry of call 100.
     assert_eq!(printed(&out, 1), "99", "{out}");
     assert_eq!(printed(&out, 2), "100", "{out}");
-    assert!(out.contains("exited with code 03"), "{out}");
-    let (status, _, err) = vm.finish();
-    assert_eq!(status, Some(3), "{err}");
+    exits_3(vm, &out);
 }
 
 #[test]
@@ -273,9 +280,7 @@ fn hardware_watchpoints_fire_or_are_refused_where_kvm_cannot_fire_them() {
     assert!(out.contains("Old value = 1\nNew value = 2"), "{out}");
     assert!(out.contains("Hardware read watchpoint 3"), "{out}");
     assert!(out.contains("Value = 2"), "{out}");
-    assert!(out.contains("exited with code 03"), "{out}");
-    let (status, _, err) = vm.finish();
-    assert_eq!(status, Some(3), "{err}");
+    exits_3(vm, &out);
 }
 
 #[test]
@@ -299,9 +304,7 @@ fn a_software_watchpoint_single_steps_to_the_change() {
     );
     assert!(out.contains("Watchpoint 2"), "{out}");
     assert!(out.contains("Old value = 0\nNew value = 1"), "{out}");
-    assert!(out.contains("exited with code 03"), "{out}");
-    let (status, _, err) = vm.finish();
-    assert_eq!(status, Some(3), "{err}");
+    exits_3(vm, &out);
 }
 
 #[test]
@@ -344,9 +347,7 @@ fn registers_are_read_and_written_and_bad_memory_is_an_error() {
     );
     assert_eq!(printed(&out, 4), "0", "{out}");
     assert_eq!(printed(&out, 5), "41", "{out}");
-    assert!(out.contains("exited with code 03"), "{out}");
-    let (status, _, err) = vm.finish();
-    assert_eq!(status, Some(3), "{err}");
+    exits_3(vm, &out);
 }
 
 #[test]
@@ -496,8 +497,6 @@ fn two_vcpus_single_step_a_hundred_times() {
     assert_eq!(printed(&out, 0), "100", "{out}");
     assert_eq!(printed(&out, 1), "1", "{out}");
     assert!(out.contains("Thread 1.2"), "{out}");
-    assert!(out.contains("exited with code 03"), "{out}");
-    let (status, stdout, err) = vm.finish();
-    assert_eq!(status, Some(3), "{err}");
+    let (stdout, _) = exits_3(vm, &out);
     assert_eq!(stdout, "kvmini debug target\n");
 }
