@@ -230,7 +230,7 @@ pub struct Args {
 pub const TINY_GUEST_MODES: &str =
     "hello, exit=N [exit-width=1|2|4], echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
-    blk, mbinfo, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
+    blk, p9, mbinfo, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
 fn cmdline_help() -> String {
     format!(
