@@ -31,6 +31,10 @@
 //!   an open file); the gate refuses a new fid past `max_fids` (EMFILE).
 //! - Tlopen always adds O_NONBLOCK: opening a FIFO someone left in the
 //!   share must not block the worker (and so the VM's shutdown).
+//! - Tlcreate and Tsetattr drop the set-user-ID and set-group-ID bits
+//!   (a directory keeps set-group-ID): the guest cannot plant a program
+//!   that runs with the host user's identity (root's, when kvmini runs as
+//!   root) for whoever on the host starts it.
 //! - Every length in a request is checked against the message (a Twrite's
 //!   count against its data, strings against the end), trailing bytes are
 //!   refused, Twalk carries at most 16 names, and Tread/Treaddir counts are
@@ -58,6 +62,10 @@ const P9_ACCMODE: u32 = 0o3;
 const P9_CREATE: u32 = 0o100;
 const P9_TRUNC: u32 = 0o1000;
 const P9_NONBLOCK: u32 = 0o4000;
+const P9_SETATTR_MODE: u32 = 1;
+/// The set-user-ID and set-group-ID bits, which a guest may not give a
+/// host file.
+const SET_ID: u32 = libc::S_ISUID | libc::S_ISGID;
 
 /// What the gate knows of a fid: its qid (type and inode) as the server
 /// last reported it, and the qid of the share's root it was attached at.
@@ -279,10 +287,14 @@ impl Gate {
                 let dfid = f.u32().ok_or(bad)?;
                 new_name(f.str().ok_or(bad)?)?;
                 f.u32().ok_or(bad)?;
-                f.u32().ok_or(bad)?;
+                let at = HEADER + f.offset();
+                let mode = f.u32().ok_or(bad)?;
                 f.u32().ok_or(bad)?;
                 self.dir(dfid)?;
                 self.writable()?;
+                if mode & SET_ID != 0 {
+                    rewritten = Some((at, mode & !SET_ID));
+                }
             }
             TSYMLINK => {
                 let dfid = f.u32().ok_or(bad)?;
@@ -311,8 +323,16 @@ impl Gate {
             }
             TSETATTR => {
                 let s = self.fid(f.u32().ok_or(bad)?)?;
-                for _ in 0..4 {
-                    f.u32().ok_or(bad)?;
+                let valid = f.u32().ok_or(bad)?;
+                let at = HEADER + f.offset();
+                let mode = f.u32().ok_or(bad)?;
+                f.u32().ok_or(bad)?;
+                f.u32().ok_or(bad)?;
+                // A directory may keep set-group-ID (its files inherit
+                // its group); nothing may become set-user-ID.
+                let strip = if s.is_dir() { libc::S_ISUID } else { SET_ID };
+                if valid & P9_SETATTR_MODE != 0 && mode & strip != 0 {
+                    rewritten = Some((at, mode & !strip));
                 }
                 for _ in 0..5 {
                     f.u64().ok_or(bad)?;

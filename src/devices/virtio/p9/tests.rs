@@ -305,6 +305,16 @@ impl Drop for Fixture {
     }
 }
 
+/// The process's umask (read by setting it and putting it back).
+fn umask() -> u32 {
+    // SAFETY: umask only swaps the process's file mode mask.
+    unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    }
+}
+
 fn tag_of(r: &[u8]) -> u16 {
     u16::from_le_bytes([r[5], r[6]])
 }
@@ -455,6 +465,33 @@ fn the_guests_writes_reach_the_host_byte_for_byte() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // No set-user-ID or set-group-ID file comes from the guest.
+    f.walk_ok(ROOT, 7, &[]);
+    let mut b = 7u32.to_le_bytes().to_vec();
+    wire::put_str(&mut b, b"suid");
+    for v in [RDWR, 0o6755, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    ok(&f.rpc(wire::TLCREATE, &b), wire::TLCREATE);
+    let share = f.share.clone();
+    let mode = |p: &str| {
+        std::fs::metadata(share.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode("suid") & 0o7777, 0o755 & !umask());
+    ok(&f.setattr(3, 1, 0o4755, 0), wire::TSETATTR);
+    assert_eq!(mode("hello.txt") & 0o7777, 0o755);
+    ok(&f.setattr(3, 1, 0o2755, 0), wire::TSETATTR);
+    assert_eq!(mode("hello.txt") & 0o7777, 0o755);
+    f.walk_ok(ROOT, 6, &[b"sub"]);
+    ok(&f.setattr(6, 1, 0o6775, 0), wire::TSETATTR);
+    assert_eq!(
+        mode("sub") & 0o7777,
+        0o2775,
+        "a directory keeps set-group-ID"
+    );
     // Host errors reach the guest as their errno.
     err(&f.mkdir(ROOT, b"sub"), libc::EEXIST);
     err(&f.walk(ROOT, 5, &[b"nonesuch"]), libc::ENOENT);
