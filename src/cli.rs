@@ -9,8 +9,8 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::loader::ModuleConfig;
 
 use crate::config::{
-    BootProtocol, DiskConfig, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, VmConfig,
-    DEFAULT_GUEST_CMDLINE, DEFAULT_LINUX_CMDLINE, MAX_CPUS,
+    BootProtocol, DiskConfig, IrqchipMode, KernelSource, RebootPolicy, SerialBackend, ShareConfig,
+    VmConfig, DEFAULT_GUEST_CMDLINE, DEFAULT_LINUX_CMDLINE, MAX_CPUS,
 };
 
 const EXAMPLES: &str = "\
@@ -105,6 +105,18 @@ pub struct Args {
     /// Example: --disk rootfs.ext4 --disk data.img,ro
     #[arg(long, value_name = "PATH[,ro][,serial=ID]", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
+
+    /// A host directory for the guest, as a virtio-9p device (9P2000.L,
+    /// virtio-mmio, described in the ACPI DSDT), mounted in Linux with
+    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt`. Options
+    /// after commas: `tag=TAG` (1 to 31 printable ASCII characters, no
+    /// commas; default share0, share1, ... in the order given) and `ro`
+    /// (kvmini refuses every change). The guest stays inside HOSTDIR: `..`
+    /// of the top is the top, symlinks are never followed. It acts with
+    /// kvmini's user's permissions. May be given several times.
+    /// Example: --share ./src,tag=src,ro
+    #[arg(long, value_name = "HOSTDIR[,tag=TAG][,ro]", value_parser = parse_share)]
+    pub share: Vec<ShareConfig>,
 
     /// Also copy everything COM1 prints into this file.
     /// Example: --serial-log console.log
@@ -227,7 +239,7 @@ pub struct Args {
 pub const TINY_GUEST_MODES: &str =
     "hello, exit=N [exit-width=1|2|4], echo, loopback, flood=N [seed=S] \
     [then-spin], fault, pagetable, spin, halt, com2, reboot, fresh, poweroff, panic, post, \
-    blk, mbinfo, debug=N, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
+    blk, p9, mbinfo, debug=N, chaos=SEED [ops=N], ktap=SPEC [tap13] [stamp] [ktap-end=WORD]";
 
 fn cmdline_help() -> String {
     format!(
@@ -449,6 +461,35 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+/// Parses "HOSTDIR", "HOSTDIR,ro", "HOSTDIR,tag=TAG,ro".
+pub fn parse_share(s: &str) -> Result<ShareConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("needs a directory (HOSTDIR[,tag=TAG][,ro])".into());
+    }
+    let mut share = ShareConfig {
+        path: PathBuf::from(path),
+        tag: None,
+        read_only: false,
+    };
+    for opt in parts {
+        if opt == "ro" {
+            share.read_only = true;
+        } else if let Some(tag) = opt.strip_prefix("tag=") {
+            crate::devices::virtio::p9::check_tag(tag)
+                .map_err(|why| format!("tag={tag}: {why}"))?;
+            if share.tag.is_some() {
+                return Err("tag= is given twice".into());
+            }
+            share.tag = Some(tag.to_string());
+        } else {
+            return Err(format!("unknown option '{opt}' (use ro or tag=TAG)"));
+        }
+    }
+    Ok(share)
+}
+
 impl Args {
     pub fn into_config(self) -> VmConfig {
         let has_kernel = self.kernel.is_some();
@@ -506,6 +547,7 @@ impl Args {
             },
             timeout: self.timeout,
             disks: self.disk,
+            shares: self.share,
             on_reboot: match self.on_reboot {
                 OnReboot::Exit => RebootPolicy::Exit,
                 OnReboot::Restart => RebootPolicy::Restart,
@@ -685,6 +727,32 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shares() {
+        let s = parse_share("/srv/x,tag=src,ro").unwrap();
+        assert_eq!(s.path, PathBuf::from("/srv/x"));
+        assert_eq!(s.tag.as_deref(), Some("src"));
+        assert!(s.read_only);
+        let s = parse_share("dir").unwrap();
+        assert_eq!((s.tag, s.read_only), (None, false));
+        assert_eq!(parse_share("d").unwrap().tag_at(3), "share3");
+        for bad in [
+            "",
+            ",ro",
+            "d,rw",
+            "d,tag=",
+            "d,tag=a b",
+            "d,tag=a,tag=b",
+            "d,tag=0123456789012345678901234567890x",
+        ] {
+            assert!(parse_share(bad).is_err(), "{bad:?}");
+        }
+        let c = parse(&["--share", "/a", "--share", "/b,tag=t,ro"]).unwrap();
+        assert_eq!(c.shares.len(), 2);
+        assert_eq!(c.shares[0].tag_at(0), "share0");
+        assert_eq!(c.shares[1].tag_at(1), "t");
     }
 
     #[test]

@@ -40,6 +40,24 @@ pub struct DiskConfig {
     pub serial: String,
 }
 
+/// A host directory given to the guest as a virtio-9p device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    pub path: PathBuf,
+    /// The mount tag; None: `share0`, `share1`, ... by the share's place
+    /// among the shares.
+    pub tag: Option<String>,
+    /// The server refuses every change (EROFS), whatever the guest mounts.
+    pub read_only: bool,
+}
+
+impl ShareConfig {
+    /// The tag of the share at `index` among the shares.
+    pub fn tag_at(&self, index: usize) -> String {
+        self.tag.clone().unwrap_or_else(|| format!("share{index}"))
+    }
+}
+
 /// Whether the VM gets KVM's in-kernel interrupt controllers and PIT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IrqchipMode {
@@ -86,6 +104,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Disk images, in order: /dev/vda, /dev/vdb, ...
     pub disks: Vec<DiskConfig>,
+    /// Host directories, in order (after the disks in the DSDT).
+    pub shares: Vec<ShareConfig>,
     pub on_reboot: RebootPolicy,
     /// Patterns that end the VM with status 0 when COM1 prints them.
     pub until: Vec<String>,
@@ -130,6 +150,7 @@ impl Default for VmConfig {
             serial_timestamps: false,
             timeout: None,
             disks: Vec::new(),
+            shares: Vec::new(),
             on_reboot: RebootPolicy::Exit,
             until: Vec::new(),
             fail_on: Vec::new(),

@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::layout::{MMIO_DEVICES_SIZE, MMIO_DEVICES_START, MMIO_WINDOW_SIZE};
 use crate::bus::{self, Bus, SharedDevice};
 use crate::control::{StopReason, VmControl};
+use crate::seccomp::ThreadKind;
 use crate::vm::{self, Vm};
 
 /// IOAPIC pins the manager hands out; the ones below 5 and those named in
@@ -85,8 +86,9 @@ pub struct DeviceManager {
     /// Notification eventfds (MMIO address, datamatch) for then too.
     ioeventfds: Vec<(&'static str, EventFd, u64, u32)>,
     memory_users: Vec<MemoryUser>,
-    pending_workers: Vec<(String, WorkerFn)>,
-    /// Installed by each worker thread before it runs (None: --no-seccomp).
+    pending_workers: Vec<(String, ThreadKind, WorkerFn)>,
+    /// Installed by each device worker thread before it runs (None:
+    /// --no-seccomp); a worker of another kind gets its kind's program.
     worker_filter: Option<&'static [sock_filter]>,
     /// Told when a worker cannot confine itself.
     control: Option<Arc<VmControl>>,
@@ -224,7 +226,17 @@ impl DeviceManager {
     where
         F: FnOnce(GuestMemoryMmap, EventFd) + Send + 'static,
     {
-        self.pending_workers.push((name.to_string(), Box::new(run)));
+        self.add_worker_of(name, ThreadKind::Worker, run);
+    }
+
+    /// [`DeviceManager::add_worker`] for a thread confined as `kind`
+    /// instead of as a plain device worker (a share's, which opens files).
+    pub fn add_worker_of<F>(&mut self, name: &str, kind: ThreadKind, run: F)
+    where
+        F: FnOnce(GuestMemoryMmap, EventFd) + Send + 'static,
+    {
+        self.pending_workers
+            .push((name.to_string(), kind, Box::new(run)));
     }
 
     fn allocate_irq(&mut self, name: &'static str) -> Result<u32, Error> {
@@ -278,9 +290,9 @@ impl DeviceManager {
         for f in self.memory_users.drain(..) {
             f(mem);
         }
-        for (name, run) in std::mem::take(&mut self.pending_workers) {
+        for (name, kind, run) in std::mem::take(&mut self.pending_workers) {
             let mem = mem.clone();
-            self.spawn_worker(&name, move |stop| run(mem, stop))?;
+            self.spawn_worker_of(&name, kind, move |stop| run(mem, stop))?;
         }
         Ok(())
     }
@@ -291,10 +303,21 @@ impl DeviceManager {
     where
         F: FnOnce(EventFd) + Send + 'static,
     {
+        self.spawn_worker_of(name, ThreadKind::Worker, run)
+    }
+
+    fn spawn_worker_of<F>(&mut self, name: &str, kind: ThreadKind, run: F) -> Result<(), Error>
+    where
+        F: FnOnce(EventFd) + Send + 'static,
+    {
         let err = |e| Error::Thread(name.to_string(), e);
         let stop = EventFd::new(EFD_NONBLOCK).map_err(err)?;
         let theirs = stop.try_clone().map_err(err)?;
-        let (filter, control) = (self.worker_filter, self.control.clone());
+        let filter = match kind {
+            ThreadKind::Worker => self.worker_filter,
+            other => self.worker_filter.map(|_| crate::seccomp::filter(other)),
+        };
+        let control = self.control.clone();
         let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.to_string())

@@ -378,6 +378,40 @@ mod tests {
         let worker = filter(ThreadKind::Worker);
         assert_eq!(in_child(worker, open_a_socket), Some(libc::SIGSYS));
         assert_eq!(in_child(worker, kvm_run_ioctl), Some(libc::SIGSYS));
+        let p9 = filter(ThreadKind::P9Worker);
+        assert_eq!(in_child(p9, open_a_socket), Some(libc::SIGSYS));
+        assert_eq!(in_child(p9, kvm_run_ioctl), Some(libc::SIGSYS));
+        assert_eq!(in_child(p9, allowed_calls), None);
+    }
+
+    #[test]
+    fn a_share_worker_may_use_files_but_nothing_else() {
+        // Only the 9p worker opens files; it still cannot run programs,
+        // make threads, sockets or filters, or change its root.
+        let (allow, kill) = (0x7fff_0000, 0x8000_0000);
+        let p9 = filter(ThreadKind::P9Worker);
+        let call = |f: &[sock_filter], nr: i64| eval(f, AUDIT_ARCH_X86_64, nr as u32, [0; 6]);
+        for nr in [libc::SYS_openat, libc::SYS_getdents64, libc::SYS_renameat] {
+            assert_eq!(call(p9, nr), allow, "{nr}");
+            assert_eq!(call(filter(ThreadKind::Worker), nr), kill, "{nr}");
+        }
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_socket,
+            libc::SYS_seccomp,
+            libc::SYS_chroot,
+            libc::SYS_chdir,
+            libc::SYS_open,
+            libc::SYS_openat2,
+            libc::SYS_symlinkat,
+            libc::SYS_mknodat,
+            libc::SYS_ptrace,
+        ] {
+            assert_eq!(call(p9, nr), kill, "{nr}");
+        }
     }
 
     #[test]

@@ -59,6 +59,21 @@
 //! - futex, mmap, mremap, munmap, brk, madvise, rt_sigreturn,
 //!   rt_sigprocmask, sigaltstack, sched_yield, clock_gettime, gettid,
 //!   getpid, exit, exit_group (std, allocation, leaving)
+//!
+//! A virtio-9p share's worker thread: a device worker's calls, and what
+//! the p9 server makes on the share's files, every one relative to a
+//! descriptor it holds (src/devices/virtio/p9/confine.rs keeps the names
+//! to one component inside the share):
+//! - openat (walks with O_PATH, opens through /proc/self/fd, creates),
+//!   close
+//! - newfstatat, fstatfs (getattr, qids, statfs, and glibc's fstat), fstat
+//!   (what older C libraries make fstat)
+//! - (pread64, pwrite64 and fdatasync, as a disk's worker: read, write,
+//!   fsync's datasync), ftruncate (setattr's size), fsync
+//! - getdents64, lseek, fcntl (readdir: a duplicated descriptor for
+//!   fdopendir, seekdir)
+//! - readlinkat, mkdirat, unlinkat, renameat, linkat, fchmodat, fchownat,
+//!   utimensat (readlink, mkdir, unlink, rename, link, setattr)
 
 use std::collections::BTreeMap;
 
@@ -214,6 +229,27 @@ const WORKER_CALLS: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// What a 9p share's worker adds to a device worker's calls.
+const P9_WORKER_CALLS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_fstatfs,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_getdents64,
+    libc::SYS_lseek,
+    libc::SYS_fcntl,
+    libc::SYS_readlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_linkat,
+    libc::SYS_fchmodat,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+];
+
 /// Every kind of thread kvmini runs, each confined by its own program.
 /// This list is the one place they are named: build.rs compiles one
 /// program per kind, in the order of [`ThreadKind::ALL`], into the array
@@ -227,14 +263,17 @@ pub enum ThreadKind {
     ConsoleRestart,
     /// A device's worker thread.
     Worker,
+    /// A virtio-9p share's worker thread.
+    P9Worker,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vcpu,
         ThreadKind::Console,
         ThreadKind::ConsoleRestart,
         ThreadKind::Worker,
+        ThreadKind::P9Worker,
     ];
 
     /// What a thread of this kind may call.
@@ -244,6 +283,7 @@ impl ThreadKind {
             ThreadKind::Console => console_rules(false),
             ThreadKind::ConsoleRestart => console_rules(true),
             ThreadKind::Worker => worker_rules(),
+            ThreadKind::P9Worker => p9_worker_rules(),
         }
     }
 
@@ -286,6 +326,15 @@ pub fn worker_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
         WORKER_CALLS.iter().map(|&c| (c, vec![])).collect();
     rules.insert(libc::SYS_mprotect, vec![mprotect_rw_rule()?]);
     rules.insert(libc::SYS_ioctl, vec![restore_terminal_rule()?]);
+    Ok(rules)
+}
+
+/// What a 9p share's worker thread may call.
+pub fn p9_worker_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    let mut rules = worker_rules()?;
+    for &c in P9_WORKER_CALLS {
+        rules.insert(c, vec![]);
+    }
     Ok(rules)
 }
 

@@ -27,6 +27,7 @@ use crate::control::{StopReason, VmControl};
 use crate::device_manager::DeviceManager;
 use crate::devices::virtio::block::{self, Disk};
 use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::p9::{self, Share};
 use crate::devices::virtio::Interrupt;
 use crate::devices::{
     acpi_pm::AcpiPm, debug_exit::DebugExit, debug_exit::ExitRule, fw_cfg::FwCfg, i8042::I8042,
@@ -63,6 +64,8 @@ pub enum Error {
     Config(#[from] crate::config::Error),
     #[error(transparent)]
     Disk(#[from] block::Error),
+    #[error(transparent)]
+    Share(#[from] p9::Error),
     #[error("cannot set up virtio device {0}: {1}")]
     Virtio(String, String),
     #[error(transparent)]
@@ -136,6 +139,7 @@ impl Error {
             | Error::TooManyCpus(..)
             | Error::Config(_)
             | Error::Disk(_)
+            | Error::Share(_)
             | Error::SerialBackend(_)
             | Error::SerialLog(..)
             | Error::Junit(..)
@@ -404,6 +408,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     )?;
     let disks = open_disks(config)?;
     let gdb = config.gdb.as_ref().map(crate::gdb::listen).transpose()?;
+    let shares = open_shares(config)?;
     if config.seccomp {
         seccomp::prepare_allocator();
     }
@@ -461,6 +466,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         config,
         console.ports.len(),
         &disks,
+        &shares,
         &mut files,
         &mut shared,
     )?;
@@ -562,6 +568,7 @@ impl Vmm {
         config: &VmConfig,
         ports: usize,
         disks: &[Arc<Disk>],
+        shares: &[Share],
         files: &mut loader::BootFiles,
         shared: &mut Shared,
     ) -> Result<Self, Error> {
@@ -580,6 +587,9 @@ impl Vmm {
         )?;
         for (i, disk) in disks.iter().enumerate() {
             plan_disk(&mut devices, i, disk.clone())?;
+        }
+        for (i, share) in shares.iter().enumerate() {
+            plan_share(&mut devices, i, disks.len() + i, share)?;
         }
 
         // 2. Memory and the kernel, 3. the boot data, from the plan. None
@@ -1316,6 +1326,68 @@ fn open_disks(config: &VmConfig) -> Result<Vec<Arc<Disk>>, Error> {
         disks.push(Arc::new(Disk::open(&d.path, d.read_only, &d.serial)?));
     }
     Ok(disks)
+}
+
+/// Checks every `--share` directory and tag before KVM is opened (two
+/// shares may not have one tag), and fits their fid limits to the
+/// process's descriptor limit.
+fn open_shares(config: &VmConfig) -> Result<Vec<Share>, Error> {
+    let mut shares: Vec<Share> = Vec::new();
+    for (i, s) in config.shares.iter().enumerate() {
+        let tag = s.tag_at(i);
+        if shares.iter().any(|o| o.tag == tag) {
+            return Err(p9::Error::TagTwice(s.path.clone(), tag).into());
+        }
+        shares.push(Share::open(&s.path, &tag, s.read_only)?);
+    }
+    p9::fit_descriptor_limit(&mut shares);
+    Ok(shares)
+}
+
+/// Share `index` as a virtio-9p device: its MMIO window, interrupt,
+/// notification eventfd, DSDT node (the `dsdt_index`th virtio device) and
+/// worker thread, confined as a share's.
+fn plan_share(
+    devices: &mut DeviceManager,
+    index: usize,
+    dsdt_index: usize,
+    share: &Share,
+) -> Result<(), Error> {
+    const NAME: &str = "virtio-9p";
+    let err = |e: String| Error::Virtio(format!("{NAME}{index}"), e);
+    let (slot, irq) = devices.reserve_mmio(NAME)?;
+    let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| err(e.to_string()))?;
+    let (dev, worker) = p9::new(share).map_err(|e| err(e.to_string()))?;
+    let transport = MmioTransport::new(
+        Box::new(dev),
+        Interrupt::new(irq),
+        vec![notify.try_clone().map_err(|e| err(e.to_string()))?],
+    )
+    .map_err(err)?;
+    let transport = Arc::new(Mutex::new(transport));
+    devices.insert_mmio(NAME, slot, transport.clone())?;
+    devices.ioeventfd(NAME, &notify, slot.base + mmio::NOTIFY_OFFSET, 0)?;
+    devices.on_memory(move |mem| {
+        transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_memory(mem.clone())
+    });
+    devices.add_worker_of(
+        &format!("{NAME}{index}"),
+        seccomp::ThreadKind::P9Worker,
+        move |mem, stop| worker.run(mem, notify, stop),
+    );
+    let dsdt_index = u8::try_from(dsdt_index).map_err(|_| err("too many virtio devices".into()))?;
+    devices.add_dsdt(mmio::dsdt_node(dsdt_index, slot));
+    log::info!(
+        "share {}: {} as tag {}{}",
+        index,
+        share.root.display(),
+        share.tag,
+        if share.read_only { ", read-only" } else { "" }
+    );
+    Ok(())
 }
 
 /// Disk `index` as a virtio-blk device: its MMIO window, interrupt,

@@ -787,3 +787,56 @@ fn gdb_addresses_that_cannot_be_listened_on() {
         &["--gdb tcp:127.0.0.1:", "cannot listen", "in use"],
     );
 }
+
+#[test]
+fn share_directories_that_cannot_be_shared() {
+    let dir = TempDir::new("bad-share");
+    let file = write(&dir, "file", b"not a directory");
+    let missing = dir.path("missing").display().to_string();
+    let d = dir.0.display().to_string();
+    assert_error(
+        &kvmini(&["--share", &missing]),
+        2,
+        &[
+            &format!("--share {missing}: cannot open the directory"),
+            "No such file",
+        ],
+    );
+    assert_error(
+        &kvmini(&["--share", &file]),
+        2,
+        &[&format!("--share {file}: not a directory")],
+    );
+    // Two shares with one tag, given or by default.
+    assert_error(
+        &kvmini(&["--share", &d, "--share", &format!("{d},tag=share0")]),
+        2,
+        &["--share", "tag=share0 is already another share's"],
+    );
+    assert_error(
+        &kvmini(&[
+            "--share",
+            &format!("{d},tag=t"),
+            "--share",
+            &format!("{d},tag=t,ro"),
+        ]),
+        2,
+        &["--share", "tag=t is already another share's"],
+    );
+}
+
+#[test]
+fn share_options_that_are_wrong() {
+    let long = format!("/tmp,tag={}", "x".repeat(32));
+    for (arg, says) in [
+        ("", "needs a directory"),
+        (",ro", "needs a directory"),
+        ("/tmp,rw", "unknown option 'rw'"),
+        ("/tmp,tag=", "a tag may not be empty"),
+        (long.as_str(), "a tag has at most 31 bytes"),
+        ("/tmp,tag=a b", "printable ASCII"),
+        ("/tmp,tag=a,tag=b", "tag= is given twice"),
+    ] {
+        assert_error(&kvmini(&["--share", arg]), 2, &["--share", says]);
+    }
+}

@@ -64,6 +64,7 @@ fn bad_input_is_found_before_kvm_is_opened() {
     std::fs::write(&big, [0u8; 4096]).unwrap();
     let (small, odd) = (small.to_str().unwrap(), odd.to_str().unwrap());
     let big = big.to_str().unwrap();
+    let tagged = format!("{d},tag=t");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--kernel", m], "--kernel"),
         (vec!["--kernel", d], "is a directory"),
@@ -88,6 +89,12 @@ fn bad_input_is_found_before_kvm_is_opened() {
         (
             vec!["--disk", big, "--disk", big],
             "the same image is given twice",
+        ),
+        (vec!["--share", m], "--share"),
+        (vec!["--share", g], "not a directory"),
+        (
+            vec!["--share", &tagged, "--share", &tagged],
+            "tag=t is already another share's",
         ),
     ];
     for (args, names) in cases {

@@ -23,6 +23,7 @@ pub enum Mode {
     Panic,
     Post,
     Blk,
+    P9,
     Loopback,
     MbInfo,
     /// `debug` or `debug=N`: N calls of the gdb tests' function (see
@@ -99,6 +100,7 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"panic" => Mode::Panic,
         b"post" => Mode::Post,
         b"blk" => Mode::Blk,
+        b"p9" => Mode::P9,
         b"loopback" => Mode::Loopback,
         b"mbinfo" => Mode::MbInfo,
         b"debug" => Mode::Debug(3),

@@ -33,6 +33,9 @@
 //!   post        writes POST codes 0x01, 0x02, 0x03 to port 0x80, exit 0
 //!   blk         a virtio-blk driver: capacity, sector 0, writes, flushes and
 //!               reads back sector 1, a read past the end (see blk.rs), exit 0
+//!   p9          a 9P2000.L client of the first --share: reads hello.txt, walks
+//!               `..` of the root and a path as a name, writes guest.txt (see
+//!               p9.rs), exit 0
 //!   loopback    "loopback on\n", then COM1 in loopback (MCR bit 4) for 20000
 //!               scratch-register reads, then silently echoes like `echo`
 //!   chaos=SEED  hostile I/O (ops=N, default 400), then "\nchaos <SEED> done\n", exit 0
@@ -62,6 +65,7 @@ mod io;
 mod ktap;
 mod mbinfo;
 mod mem;
+mod p9;
 
 use core::arch::{asm, global_asm};
 
@@ -94,6 +98,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Panic => reboot(b"Kernel panic - not syncing: tiny guest asked for it\n"),
         Mode::Post => post(),
         Mode::Blk => blk::run(),
+        Mode::P9 => p9::run(),
         Mode::Loopback => loopback(),
         Mode::MbInfo => mbinfo::run(&boot),
         Mode::Debug(n) => debug::run(n),

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod p9;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
