@@ -102,7 +102,16 @@ impl Vm {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        let err: Vec<String> = self.stderr.try_iter().collect();
+        // Every line, to the end of the pipe: the reader thread forwards
+        // the last ones after kvmini has exited.
+        let mut err = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            err.push(line);
+        }
         (status, out, err.join("\n"))
     }
 }
