@@ -1355,24 +1355,8 @@ fn plan_share(
 ) -> Result<(), Error> {
     const NAME: &str = "virtio-9p";
     let err = |e: String| Error::Virtio(format!("{NAME}{index}"), e);
-    let (slot, irq) = devices.reserve_mmio(NAME)?;
-    let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| err(e.to_string()))?;
     let (dev, worker) = p9::new(share).map_err(|e| err(e.to_string()))?;
-    let transport = MmioTransport::new(
-        Box::new(dev),
-        Interrupt::new(irq),
-        vec![notify.try_clone().map_err(|e| err(e.to_string()))?],
-    )
-    .map_err(err)?;
-    let transport = Arc::new(Mutex::new(transport));
-    devices.insert_mmio(NAME, slot, transport.clone())?;
-    devices.ioeventfd(NAME, &notify, slot.base + mmio::NOTIFY_OFFSET, 0)?;
-    devices.on_memory(move |mem| {
-        transport
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set_memory(mem.clone())
-    });
+    let (slot, notify) = plan_mmio_device(devices, NAME, index, Box::new(dev))?;
     devices.add_worker_of(
         &format!("{NAME}{index}"),
         seccomp::ThreadKind::P9Worker,
@@ -1390,29 +1374,44 @@ fn plan_share(
     Ok(())
 }
 
-/// Disk `index` as a virtio-blk device: its MMIO window, interrupt,
-/// notification eventfd, DSDT node and worker thread.
-fn plan_disk(devices: &mut DeviceManager, index: usize, disk: Arc<Disk>) -> Result<(), Error> {
-    const NAME: &str = "virtio-blk";
-    let err = |e: String| Error::Virtio(format!("{NAME}{index}"), e);
-    let (slot, irq) = devices.reserve_mmio(NAME)?;
+/// A virtio device on its own virtio-mmio transport: its MMIO window and
+/// interrupt, the transport on the MMIO bus, the QueueNotify ioeventfd and
+/// guest memory once it exists. Returns the window (for the DSDT node) and
+/// the notification eventfd (for the device's worker).
+fn plan_mmio_device(
+    devices: &mut DeviceManager,
+    name: &'static str,
+    index: usize,
+    device: Box<dyn crate::devices::virtio::VirtioDevice>,
+) -> Result<(crate::device_manager::MmioSlot, EventFd), Error> {
+    let err = |e: String| Error::Virtio(format!("{name}{index}"), e);
+    let (slot, irq) = devices.reserve_mmio(name)?;
     let notify = EventFd::new(EFD_NONBLOCK).map_err(|e| err(e.to_string()))?;
-    let (block, worker) = block::new(disk).map_err(|e| err(e.to_string()))?;
     let transport = MmioTransport::new(
-        Box::new(block),
+        device,
         Interrupt::new(irq),
         vec![notify.try_clone().map_err(|e| err(e.to_string()))?],
     )
     .map_err(err)?;
     let transport = Arc::new(Mutex::new(transport));
-    devices.insert_mmio(NAME, slot, transport.clone())?;
-    devices.ioeventfd(NAME, &notify, slot.base + mmio::NOTIFY_OFFSET, 0)?;
+    devices.insert_mmio(name, slot, transport.clone())?;
+    devices.ioeventfd(name, &notify, slot.base + mmio::NOTIFY_OFFSET, 0)?;
     devices.on_memory(move |mem| {
         transport
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_memory(mem.clone())
     });
+    Ok((slot, notify))
+}
+
+/// Disk `index` as a virtio-blk device: its MMIO window, interrupt,
+/// notification eventfd, DSDT node and worker thread.
+fn plan_disk(devices: &mut DeviceManager, index: usize, disk: Arc<Disk>) -> Result<(), Error> {
+    const NAME: &str = "virtio-blk";
+    let err = |e: String| Error::Virtio(format!("{NAME}{index}"), e);
+    let (block, worker) = block::new(disk).map_err(|e| err(e.to_string()))?;
+    let (slot, notify) = plan_mmio_device(devices, NAME, index, Box::new(block))?;
     devices.add_worker(&format!("{NAME}{index}"), move |mem, stop| {
         worker.run(mem, notify, stop)
     });
