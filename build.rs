@@ -209,6 +209,44 @@ fn main() {
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
 
+    run_rustc(&rustc, &mut cmd, "tiny guest");
+    make_guest_images(
+        &linked,
+        &out_dir.join("kvmini-guest.elf"),
+        &out_dir.join("kvmini-guest-multiboot.elf"),
+    );
+
+    // `--exec`'s guest init: a static Linux program without libc, so that
+    // it runs whatever the host's userland is (see guest/exec-init.rs).
+    let mut cmd = Command::new(&rustc);
+    cmd.current_dir(&manifest_dir)
+        .arg("guest/exec-init.rs")
+        .args(["--crate-name", "kvmini_exec_init", "--crate-type", "bin"])
+        .args(["--edition", "2021"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .args(["-C", "panic=abort"])
+        .args(["-C", "opt-level=s"])
+        .args(["-C", "codegen-units=1"])
+        .args(["-C", "debuginfo=0"])
+        .args(["-C", "strip=symbols"])
+        .args(["-C", "relocation-model=static"])
+        .args(["-C", "link-arg=-nostdlib"])
+        .args(["-C", "link-arg=-static"])
+        .args(["-C", "link-arg=-Wl,--build-id=none"])
+        .args(["--cap-lints", "warn"])
+        .arg("-o")
+        .arg(out_dir.join("kvmini-exec-init"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run_rustc(&rustc, &mut cmd, "exec init");
+}
+
+/// Runs a rustc command built by main; fails the build with its stderr,
+/// and passes its warnings on (but the one expected, see main).
+fn run_rustc(rustc: &std::ffi::OsStr, cmd: &mut Command, what: &str) {
     let output = match cmd.output() {
         Ok(output) => output,
         Err(e) => fail(format_args!(
@@ -235,13 +273,8 @@ fn main() {
         .lines()
         .filter(|l| l.starts_with("warning") && !expected(l))
     {
-        println!("cargo:warning=tiny guest: {line}");
+        println!("cargo:warning={what}: {line}");
     }
-    make_guest_images(
-        &linked,
-        &out_dir.join("kvmini-guest.elf"),
-        &out_dir.join("kvmini-guest-multiboot.elf"),
-    );
 }
 
 const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;

@@ -110,8 +110,9 @@ OUTER_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "kvm_amd"]
 # The modules the guest's init loads for the disk checks: kvmini's
 # virtio-mmio transport and virtio-blk (Debian builds both as modules, and
 # finds the devices through the DSDT), ext4, and the crc32c it checksums
-# with (ext4 asks the crypto API for it, which insmod does not answer).
-GUEST_MODULES = ["virtio_mmio", "virtio_blk", "crc32c_generic", "ext4"]
+# with (ext4 asks the crypto API for it, which insmod does not answer);
+# and 9p over virtio for the share checks.
+GUEST_MODULES = ["virtio_mmio", "virtio_blk", "crc32c_generic", "ext4", "9pnet_virtio", "9p"]
 
 # Seconds without a heartbeat from inside before the outer VM counts as
 # wedged, and seconds it then gets to answer again after an NMI.
@@ -448,6 +449,28 @@ def make_outer_initramfs(work, kver):
     copy_modules(kver, OUTER_MODULES, root / "modules")
     mkcpio(root, work / "outer-initramfs.cpio")
     return work / "outer-initramfs.cpio"
+
+
+def install_vng(dest):
+    """virtme-ng from PyPI (the bench's third VMM: vng --exec), installed
+    with pip --target into dest, which the outer VM sees in the work
+    directory. It is only a comparison: when pip or the network fails, the
+    bench says so and runs without it."""
+    for python in ("/usr/bin/python3", sys.executable):
+        probe = subprocess.run([python, "-m", "pip", "--version"], capture_output=True)
+        if probe.returncode == 0:
+            break
+    else:
+        log("virtme-ng not installed: no python3 with pip on the host")
+        return
+    p = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--target", str(dest), "virtme-ng"],
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        log(f"virtme-ng not installed: pip failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    log(f"virtme-ng installed in {dest} for the --exec bench")
 
 
 def extract_vmlinux(kernel, out):
@@ -876,6 +899,8 @@ def main():
             guest_initramfs = make_guest_initramfs(work, kver)
             outer_initramfs = make_outer_initramfs(work, kver)
             vmlinux = extract_vmlinux(kernel, work / "vmlinux")
+            if "bench" in cfg.groups or os.environ.get("NESTED_CI_VNG") == "1":
+                install_vng(work / "vng")
         except SetupFailed as e:
             # A failure here ends the run with a FAIL line and the summary,
             # like any other failed check, so CI shows the same shape of

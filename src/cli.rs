@@ -73,8 +73,9 @@ pub struct Args {
 
     /// Guest RAM, in bytes or with a K, M, G or T suffix (powers of 1024).
     /// Example: --memory 512M
-    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
-    pub memory: u64,
+    /// Default 128M (512M with --exec).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
 
     /// Number of vCPUs, 1 to 64.
     /// Example: --cpus 2
@@ -87,8 +88,9 @@ pub struct Args {
     /// up to 64 KiB, to the next one). `pty,wait` and `socket=PATH,wait`
     /// hold the guest until the first client attaches (--timeout counts).
     /// Example: --serial socket=/tmp/vm.sock,wait
-    #[arg(long, value_name = "BACKEND", default_value = "stdio", value_parser = parse_serial_arg)]
-    pub serial: SerialArg,
+    /// Default stdio (null with --exec: the kernel's log goes away).
+    #[arg(long, value_name = "BACKEND", value_parser = parse_serial_arg)]
+    pub serial: Option<SerialArg>,
 
     /// Adds COM2 (port 0x2f8, IRQ 3, Linux's ttyS1) with this back end; same
     /// choices as --serial.
@@ -117,6 +119,29 @@ pub struct Args {
     /// Example: --share ./src,tag=src,ro
     #[arg(long, value_name = "HOSTDIR[,tag=TAG][,ro]", value_parser = parse_share)]
     pub share: Vec<ShareConfig>,
+
+    /// Boot the kernel (--kernel; default: the running kernel,
+    /// /boot/vmlinuz-$(uname -r)) on the host's own files and run COMMAND
+    /// in it with /bin/sh: the host's / read-only as the guest's root,
+    /// tmpfs on /tmp, /run and /var/tmp, the current directory at its own
+    /// path (writable unless --exec-ro) and every --share at its host path.
+    /// COMMAND's output is kvmini's stdout and stderr, its exit status
+    /// kvmini's (125: the guest init could not run it); the kernel's log
+    /// goes to --serial/--serial-log, by default nowhere. With a terminal
+    /// on stdin and stdout the command gets a terminal (`--exec sh`);
+    /// without one its stdin is /dev/null.
+    /// Example: --exec 'uname -r; make -C tools/testing/selftests run_tests'
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["initramfs", "module", "cmdline", "serial2", "input", "input_after", "debug_exit_status"])]
+    pub exec: Option<String>,
+
+    /// With --exec: share the current directory read-only.
+    #[arg(long, requires = "exec")]
+    pub exec_ro: bool,
+
+    /// With --exec: also write the initramfs kvmini builds to PATH (to look
+    /// inside it, or to boot it elsewhere).
+    #[arg(long, value_name = "PATH", requires = "exec")]
+    pub save_initramfs: Option<PathBuf>,
 
     /// Also copy everything COM1 prints into this file.
     /// Example: --serial-log console.log
@@ -492,7 +517,30 @@ pub fn parse_share(s: &str) -> Result<ShareConfig, String> {
 
 impl Args {
     pub fn into_config(self) -> VmConfig {
-        let has_kernel = self.kernel.is_some();
+        let has_kernel = self.kernel.is_some() || self.exec.is_some();
+        let exec = self.exec.map(|command| crate::exec::ExecConfig {
+            command,
+            cwd_read_only: self.exec_ro,
+            save_initramfs: self.save_initramfs,
+        });
+        // --exec: the kernel's log goes away unless the user sends it
+        // somewhere, and then is not shortened to errors by `quiet`.
+        let quiet = exec.is_some() && self.serial.is_none() && self.serial_log.is_none();
+        let serial = self.serial.unwrap_or(SerialArg {
+            backend: if exec.is_some() {
+                SerialBackend::Null
+            } else {
+                SerialBackend::Stdio
+            },
+            wait: false,
+        });
+        let exec_extra = exec.as_ref().map(|_| {
+            let mut extra = crate::exec::CMDLINE_EXTRA.to_string();
+            if quiet {
+                extra.push_str(" quiet");
+            }
+            extra
+        });
         VmConfig {
             kernel: self
                 .kernel
@@ -504,9 +552,13 @@ impl Args {
             },
             initramfs: self.initramfs,
             modules: self.module,
-            cmdline: match self.append {
-                None => self.cmdline,
-                Some(more) => {
+            cmdline: match (self.append, exec_extra) {
+                (None, Some(extra)) => Some(format!("{DEFAULT_LINUX_CMDLINE} {extra}")),
+                (Some(more), Some(extra)) => {
+                    Some(format!("{DEFAULT_LINUX_CMDLINE} {extra} {more}"))
+                }
+                (None, None) => self.cmdline,
+                (Some(more), None) => {
                     let base = self.cmdline.unwrap_or_else(|| {
                         if has_kernel {
                             DEFAULT_LINUX_CMDLINE
@@ -518,10 +570,14 @@ impl Args {
                     Some(format!("{base} {more}"))
                 }
             },
-            memory: self.memory,
+            memory: self.memory.unwrap_or(if exec.is_some() {
+                crate::exec::DEFAULT_MEMORY
+            } else {
+                crate::config::DEFAULT_MEMORY
+            }),
             cpus: self.cpus,
-            serial: self.serial.backend,
-            serial_wait: self.serial.wait,
+            serial: serial.backend,
+            serial_wait: serial.wait,
             serial2_wait: self.serial2.as_ref().is_some_and(|s| s.wait),
             serial2: self.serial2.map(|s| s.backend),
             serial_log: self.serial_log,
@@ -548,6 +604,7 @@ impl Args {
             timeout: self.timeout,
             disks: self.disk,
             shares: self.share,
+            exec,
             on_reboot: match self.on_reboot {
                 OnReboot::Exit => RebootPolicy::Exit,
                 OnReboot::Restart => RebootPolicy::Restart,

@@ -29,6 +29,9 @@ pub enum SerialBackend {
     Pty,
     /// A Unix stream socket server at this path.
     Socket(PathBuf),
+    /// `--exec`'s COM2: the command's framed stdout and stderr, to
+    /// kvmini's (not a choice of --serial).
+    ExecStreams,
 }
 
 /// A disk image given to the guest as a virtio-blk device.
@@ -130,6 +133,8 @@ pub struct VmConfig {
     pub irqchip: IrqchipMode,
     /// `--gdb`: where the gdb stub listens, and whether the guest waits.
     pub gdb: Option<crate::gdb::GdbConfig>,
+    /// `--exec`: run a command in the kernel on the host's files.
+    pub exec: Option<crate::exec::ExecConfig>,
 }
 
 impl Default for VmConfig {
@@ -164,6 +169,7 @@ impl Default for VmConfig {
             seccomp: true,
             irqchip: IrqchipMode::Auto,
             gdb: None,
+            exec: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod control;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod exec;
 pub mod fatal;
 pub mod gdb;
 pub mod host_file;

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Pipe(Box::new(std::io::stderr())))
         .init();
 
+    let verbose = args.verbose > 0;
     let config = args.into_config();
     match kvmini::run(&config) {
         Ok(outcome) => {
@@ -85,7 +86,14 @@ fn main() -> ExitCode {
             if let Some(line) = outcome.ktap_summary {
                 eprintln!("{line}");
             }
-            say(&status::describe(&reason));
+            // --exec: the command's own status needs no word from kvmini
+            // (its stderr is the command's); every other ending does.
+            let commands_status = config.exec.is_some()
+                && matches!(reason, kvmini::StopReason::GuestExit(_))
+                && !verbose;
+            if !commands_status {
+                say(&status::describe(&reason));
+            }
             ExitCode::from(status::code(&reason))
         }
         Err(e) => {

@@ -59,6 +59,12 @@ pub const TABLE: &[Row] = &[
                   or the guest shut down before the KTAP plan completed",
     },
     Row {
+        status: "125",
+        meaning: "with `--exec`: the guest init could not run the command (a module that does \
+                  not load, a share it cannot mount; its `kvmini-init:` line on stderr says \
+                  what); otherwise a guest that wrote 125",
+    },
+    Row {
         status: "128+N",
         meaning: "stopped by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, also SIGQUIT, \
                   SIGUSR1, SIGUSR2 and SIGALRM; \

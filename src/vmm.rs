@@ -100,6 +100,8 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Gdb(#[from] crate::gdb::Error),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::Error),
 }
 
 impl Error {
@@ -147,6 +149,8 @@ impl Error {
             | Error::Gdb(_)
             | Error::Input(..)
             | Error::Pattern(..) => BAD_INPUT,
+            Error::Exec(crate::exec::Error::Memfd(_)) => INTERNAL_ERROR,
+            Error::Exec(_) => BAD_INPUT,
             // No wildcard: a new error must be given its status here.
             Error::Cpuid(_)
             | Error::BootMemory(_)
@@ -399,6 +403,16 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     // contradicting flags, unreadable or foreign kernels, patterns, the
     // console's files and sockets (status 2 whatever KVM would say).
     config.check()?;
+    // --exec: the VM that runs the command, and its initramfs.
+    let prepared = match &config.exec {
+        Some(exec) => Some(crate::exec::prepare(config, exec)?),
+        None => None,
+    };
+    let (config, exec_initramfs) = match &prepared {
+        Some(p) => (&p.config, Some(&p.initramfs)),
+        None => (config, None),
+    };
+    config.check()?;
     memory::check_size(config.memory).map_err(Error::Memory)?;
     let mut files = loader::preflight(
         &config.kernel,
@@ -406,6 +420,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         config.initramfs.as_deref(),
         &config.modules,
     )?;
+    if let Some(f) = exec_initramfs {
+        let f = f.try_clone().map_err(crate::exec::Error::Memfd)?;
+        files.set_initramfs("(the --exec initramfs)".into(), f);
+    }
     let disks = open_disks(config)?;
     let gdb = config.gdb.as_ref().map(crate::gdb::listen).transpose()?;
     let shares = open_shares(config)?;

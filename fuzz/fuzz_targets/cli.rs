@@ -47,6 +47,9 @@ enum Flag {
     H,
     Version,
     CapitalV,
+    Exec,
+    ExecRo,
+    SaveInitramfs,
     DashDash,
 }
 
@@ -78,6 +81,9 @@ impl Flag {
             Flag::H => "-h",
             Flag::Version => "--version",
             Flag::CapitalV => "-V",
+            Flag::Exec => "--exec",
+            Flag::ExecRo => "--exec-ro",
+            Flag::SaveInitramfs => "--save-initramfs",
             Flag::DashDash => "--",
         }
     }

@@ -16,6 +16,8 @@ pub enum Mode {
     Halt,
     PageTable,
     Com2,
+    /// Writes `--exec`'s framed stdout/stderr on COM2 (tests/exec.rs).
+    ExecIo,
     Chaos(u64),
     Reboot,
     Fresh,
@@ -94,6 +96,7 @@ fn mode_of(word: &[u8]) -> Option<Mode> {
         b"halt" => Mode::Halt,
         b"pagetable" => Mode::PageTable,
         b"com2" => Mode::Com2,
+        b"execio" => Mode::ExecIo,
         b"reboot" => Mode::Reboot,
         b"fresh" => Mode::Fresh,
         b"poweroff" => Mode::PowerOff,

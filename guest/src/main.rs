@@ -91,6 +91,7 @@ pub extern "C" fn kvmini_main(info: u64, kind: u64) -> ! {
         Mode::Halt => io::halt_forever(),
         Mode::PageTable => pagetable(),
         Mode::Com2 => com2(),
+        Mode::ExecIo => exec_io(),
         Mode::Chaos(seed) => chaos::run(seed, args.ops),
         Mode::Reboot => reboot(b"rebooting\n"),
         Mode::Fresh => fresh(),
@@ -314,6 +315,17 @@ fn post() -> ! {
         io::outb(0x80, code);
     }
     io::exit(0)
+}
+
+/// What `--exec`'s guest init sends on COM2 (guest/exec-init.rs): stdout,
+/// a switch to stderr (DLE 'e'), back to stdout (DLE 'o'), an escaped DLE
+/// (DLE DLE) and an unknown control (DLE 'x', dropped); then status 3.
+fn exec_io() -> ! {
+    io::puts(
+        COM2,
+        b"to stdout\n\x10eto stderr\n\x10odle:\x10\x10\n\x10xend\n",
+    );
+    io::exit(3)
 }
 
 fn com2() -> ! {

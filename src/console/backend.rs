@@ -46,6 +46,13 @@ pub enum Error {
 
 pub enum Backend {
     Stdio(File),
+    /// `--exec`'s COM2: the guest init's framed output, split into
+    /// kvmini's stdout and stderr (see [`crate::exec::Demux`]).
+    Exec {
+        stdout: File,
+        stderr: File,
+        demux: crate::exec::Demux,
+    },
     File(File),
     Null,
     Pty {
@@ -280,6 +287,18 @@ impl Backend {
                 })?)
             }
             SerialBackend::Null => Backend::Null,
+            SerialBackend::ExecStreams => {
+                let dup = |fd: std::os::fd::BorrowedFd| {
+                    fd.try_clone_to_owned()
+                        .map(File::from)
+                        .map_err(|source| Error::Stdout { flag, source })
+                };
+                Backend::Exec {
+                    stdout: dup(io::stdout().as_fd())?,
+                    stderr: dup(io::stderr().as_fd())?,
+                    demux: Default::default(),
+                }
+            }
             SerialBackend::Pty => {
                 let (master, slave, path) =
                     open_pty().map_err(|source| Error::Pty { flag, source })?;
@@ -333,6 +352,14 @@ impl Backend {
     pub fn output_fd(&self) -> Option<RawFd> {
         match self {
             Backend::Stdio(f) | Backend::File(f) => Some(f.as_raw_fd()),
+            Backend::Exec {
+                stdout,
+                stderr,
+                demux,
+            } => Some(match demux.current {
+                crate::exec::Stream::Stdout => stdout.as_raw_fd(),
+                crate::exec::Stream::Stderr => stderr.as_raw_fd(),
+            }),
             Backend::Null => None,
             Backend::Pty { master, .. } => Some(master.as_raw_fd()),
             Backend::Socket { client, .. } => client.as_ref().map(|c| c.as_raw_fd()),
@@ -356,6 +383,11 @@ impl Backend {
                 }
                 retry(|| f.write(&buf[..buf.len().min(WRITE_CHUNK)]))
             }
+            Backend::Exec {
+                stdout,
+                stderr,
+                demux,
+            } => write_demuxed(stdout, stderr, demux, buf),
             Backend::Pty { master, .. } => retry(|| master.write(buf)),
             Backend::Socket { client, .. } => {
                 let Some(c) = client else { return Ok(0) };
@@ -548,6 +580,43 @@ impl Backend {
             remove_socket(path);
         }
     }
+}
+
+/// Writes what of the framed `buf` its streams take now, never blocking;
+/// returns how many framed bytes are done with.
+fn write_demuxed(
+    stdout: &mut File,
+    stderr: &mut File,
+    demux: &mut crate::exec::Demux,
+    buf: &[u8],
+) -> io::Result<usize> {
+    use crate::exec::{Step, Stream};
+    let mut at = 0;
+    while let Some(step) = demux.next(&buf[at..]) {
+        let n = match step {
+            Step::Control(n) => n,
+            Step::Data(stream, len) => {
+                let f = match stream {
+                    Stream::Stdout => &mut *stdout,
+                    Stream::Stderr => &mut *stderr,
+                };
+                if !writable(f.as_raw_fd()) {
+                    break;
+                }
+                match retry(|| f.write(&buf[at..at + len.min(WRITE_CHUNK)])) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    // What was written so far counts; the error comes back
+                    // on the next call.
+                    Err(_) if at > 0 => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        demux.consumed(&buf[at..], n);
+        at += n;
+    }
+    Ok(at)
 }
 
 /// Runs `op` again when a signal interrupted it; maps "would block" to 0.

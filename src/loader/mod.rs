@@ -453,6 +453,12 @@ pub fn preflight(
 }
 
 impl BootFiles {
+    /// Uses `f` (read from its start) as the initramfs, named `name` in
+    /// errors: `--exec`'s, built in memory.
+    pub fn set_initramfs(&mut self, name: PathBuf, f: File) {
+        self.initramfs = Some((name, f));
+    }
+
     /// Loads the kernel (the tiny guest if none was given) into guest
     /// memory, from the start of its file.
     pub fn load_kernel(&mut self, mem: &GuestMemoryMmap) -> Result<LoadedKernel, Error> {
