@@ -71,6 +71,9 @@ fn check_raw(raw: &str) {
         Ok(SerialBackend::Stdio) => assert_eq!(raw, "stdio"),
         Ok(SerialBackend::Null) => assert_eq!(raw, "null"),
         Ok(SerialBackend::Pty) => assert_eq!(raw, "pty"),
+        Ok(SerialBackend::ExecStreams) => {
+            panic!("parse_serial made --exec's own COM2 back end from {raw:?}")
+        }
         Ok(SerialBackend::File(p)) => {
             let rest = raw.strip_prefix("file=").expect("file= prefix");
             assert!(!rest.is_empty());
