@@ -30,7 +30,11 @@ fn run(input: &[u8], cuts: &[u8]) -> (Vec<u8>, Vec<u8>) {
                 Step::Data(s, len) => {
                     assert!(len > 0 && p + len <= piece.len());
                     let take = cut.next().map_or(len, |&c| usize::from(c % 7) + 1).min(len);
-                    let target = if s == Stream::Stdout { &mut out } else { &mut err };
+                    let target = if s == Stream::Stdout {
+                        &mut out
+                    } else {
+                        &mut err
+                    };
                     target.extend_from_slice(&piece[p..p + take]);
                     take
                 }
@@ -51,7 +55,12 @@ fuzz_target!(|data: &[u8]| {
     let pieces = run(input, cuts);
     assert_eq!(whole, pieces, "splitting changed the streams");
     assert!(whole.0.len() + whole.1.len() <= input.len());
-    let dles_out = whole.0.iter().chain(&whole.1).filter(|&&b| b == DLE).count();
+    let dles_out = whole
+        .0
+        .iter()
+        .chain(&whole.1)
+        .filter(|&&b| b == DLE)
+        .count();
     let pairs = input.windows(2).filter(|w| w == &[DLE, DLE]).count();
     assert!(dles_out <= pairs, "a DLE that was not escaped came out");
 });

@@ -68,9 +68,9 @@ use kvmini::bus::Bus;
 use kvmini::console::Wiring;
 use kvmini::control::{StopReason, VmControl};
 use kvmini::device_manager::DeviceManager;
+use kvmini::devices::debug_exit::ExitRule;
 use kvmini::trace::BootTrace;
 use kvmini::vcpu::exit::{handle, kvm_debug_exit_arch, Action, Exit, TripleFault};
-use kvmini::devices::debug_exit::ExitRule;
 use kvmini::vmm::{plan_devices, Platform};
 
 /// Longest string I/O buffer (KVM itself caps string I/O at a page).

@@ -46,10 +46,19 @@ fuzz_target!(|data: &[u8]| {
     for (i, _) in xml.match_indices('<') {
         let rest = &xml[i..];
         assert!(
-            ["<?xml ", "<testsuites ", "<testsuite ", "<testcase ", "<failure ", "<skipped ",
-             "<error ", "</", "<!-- "]
-                .iter()
-                .any(|t| rest.starts_with(t)),
+            [
+                "<?xml ",
+                "<testsuites ",
+                "<testsuite ",
+                "<testcase ",
+                "<failure ",
+                "<skipped ",
+                "<error ",
+                "</",
+                "<!-- "
+            ]
+            .iter()
+            .any(|t| rest.starts_with(t)),
             "an unescaped '<' in the JUnit text at {i}: {:?}",
             &rest[..rest.len().min(40)]
         );
