@@ -305,8 +305,6 @@ pub struct Prepared {
     pub config: VmConfig,
     /// The initramfs, in an anonymous memory file.
     pub initramfs: File,
-    /// ttyS1 is a terminal for the command (stdin and stdout are ttys).
-    pub interactive: bool,
 }
 
 /// Turns an `--exec` configuration into the VM that runs it: the kernel,
@@ -436,11 +434,7 @@ pub fn prepare(config: &VmConfig, exec: &ExecConfig) -> Result<Prepared, Error> 
         image.len(),
         config.shares.iter().map(|s| &s.path).collect::<Vec<_>>()
     );
-    Ok(Prepared {
-        config,
-        initramfs,
-        interactive,
-    })
+    Ok(Prepared { config, initramfs })
 }
 
 /// Adds the modules of [`NEEDED_MODULES`] for kernel `release` from
@@ -646,7 +640,7 @@ mod tests {
         assert_eq!(&second[data_at..data_at + 5], b"abcde");
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("dev/console"));
-        assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!"));
+        assert!(text.contains("TRAILER!!!"));
         let console = text.find("dev/console").unwrap() - 110;
         assert_eq!(field(&bytes[console..], 1), 0o020_600);
         assert_eq!(field(&bytes[console..], 9), 5);

@@ -840,3 +840,34 @@ fn share_options_that_are_wrong() {
         assert_error(&kvmini(&["--share", arg]), 2, &["--share", says]);
     }
 }
+
+#[test]
+fn exec_bad_values() {
+    let dir = TempDir::new("bad-exec");
+    let kernel = write(&dir, "guest.elf", &tiny_guest_elf());
+    // --save-initramfs into a directory that does not exist.
+    let r = kvmini(&[
+        "--kernel",
+        &kernel,
+        "--exec",
+        "true",
+        "--save-initramfs",
+        "/nonexistent/dir/exec.cpio",
+    ]);
+    assert_error(&r, 2, &["--save-initramfs", "/nonexistent/dir/exec.cpio"]);
+    // A --kernel that is not there, with --exec.
+    let r = kvmini(&["--kernel", "/nonexistent/vmlinuz", "--exec", "true"]);
+    assert_error(&r, 2, &["/nonexistent/vmlinuz"]);
+    // Flags --exec replaces, and its own flags without it.
+    for args in [
+        &["--exec", "true", "--initramfs", "/x"][..],
+        &["--exec", "true", "--cmdline", "x"],
+        &["--exec", "true", "--serial2", "null"],
+        &["--exec", "true", "--debug-exit-status", "qemu"],
+        &["--save-initramfs", "/tmp/x.cpio"],
+        &["--exec-ro"],
+    ] {
+        let r = kvmini(args);
+        assert_error(&r, 2, &["--exec"]);
+    }
+}
